@@ -1,0 +1,36 @@
+# Two entry points a new user needs; everything else is `agentmesh --help`.
+#   make up    set up and run the example mesh (Ctrl-C stops it)
+#   make test  set up and run lint, type checks and the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup up test lint typecheck proto unit integration clean
+
+$(BIN)/agentmesh: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(BIN)/agentmesh
+
+up: setup
+	$(BIN)/agentmesh up -f examples/mesh.yaml
+
+proto: setup
+	$(BIN)/python -m agentmesh.codegen
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup
+	$(BIN)/mypy
+
+test: setup lint typecheck
+	$(BIN)/python -m agentmesh.codegen --check
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,111 @@
+"""Compiles .proto files with grpcio-tools' bundled protoc.
+
+Shared by the stub generator (`python -m agentmesh.codegen`) and the sidecar,
+which compiles an agent's .proto files into a descriptor set at start-up.
+Imports resolve against, in order: the caller's include paths, this project's
+`proto/` tree (agentmesh/v1/options.proto), the well-known types shipped with
+grpcio-tools, googleapis-common-protos (google/api/annotations.proto), and
+protovalidate's `buf/validate/validate.proto`, which the installed protovalidate
+wheel carries only as a serialized descriptor, so it is handed to protoc with
+`--descriptor_set_in`.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+
+from google.protobuf import descriptor_pb2
+
+PROJECT_PROTO_ROOT = Path(__file__).resolve().parent.parent / "proto"
+
+
+class ProtoCompileError(Exception):
+    """protoc refused the input; the message holds protoc's own diagnostics."""
+
+
+def _grpc_tools_include() -> Path:
+    return Path(str(resources.files("grpc_tools") / "_proto"))
+
+
+def _googleapis_include() -> Path:
+    # googleapis-common-protos installs google/api/*.proto next to its modules.
+    import google.api
+
+    return Path(next(iter(google.api.__path__))).parent.parent
+
+
+def _validate_descriptor_set() -> bytes:
+    from protovalidate._gen.buf.validate import validate_pb
+
+    fds = descriptor_pb2.FileDescriptorSet()
+    fds.file.add().MergeFromString(validate_pb._DESC.proto.to_binary())
+    return fds.SerializeToString()
+
+
+def include_paths(extra: Sequence[Path] = ()) -> list[Path]:
+    """The import path protoc searches, most specific first."""
+    paths = [*extra]
+    if PROJECT_PROTO_ROOT.is_dir():
+        paths.append(PROJECT_PROTO_ROOT)
+    paths += [_grpc_tools_include(), _googleapis_include()]
+    return paths
+
+
+def run_protoc(args: Sequence[str], *, includes: Sequence[Path] = ()) -> None:
+    """Runs protoc with the standard include path; raises ProtoCompileError."""
+    import contextlib
+    import io
+    import os
+    import sys
+
+    from grpc_tools import protoc
+
+    with tempfile.TemporaryDirectory(prefix="agentmesh-protoc-") as tmp:
+        validate_set = Path(tmp, "buf_validate.binpb")
+        validate_set.write_bytes(_validate_descriptor_set())
+        argv = ["protoc", *(f"-I{p}" for p in include_paths(includes))]
+        argv += [f"--descriptor_set_in={validate_set}", *args]
+        # protoc writes diagnostics to fd 2; capture them for a readable error.
+        err_path = Path(tmp, "stderr")
+        saved = os.dup(2)
+        with open(err_path, "w+b") as err, contextlib.redirect_stderr(io.StringIO()):
+            sys.stderr.flush()
+            os.dup2(err.fileno(), 2)
+            try:
+                code = protoc.main(argv)
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+        if code != 0:
+            detail = err_path.read_text(errors="replace").strip()
+            raise ProtoCompileError(detail or f"protoc exited with {code}")
+
+
+def compile_descriptor_set(
+    files: Sequence[Path], *, includes: Sequence[Path] = ()
+) -> descriptor_pb2.FileDescriptorSet:
+    """Compiles `files` (with every import) into one FileDescriptorSet.
+
+    Each file is named relative to the first include path that contains it,
+    so imports between the agent's own files resolve as they do in `buf`.
+    """
+    roots = [p.resolve() for p in includes] or sorted({f.resolve().parent for f in files})
+    relative = []
+    for file in files:
+        resolved = file.resolve()
+        root = next((r for r in roots if resolved.is_relative_to(r)), None)
+        if root is None:
+            raise ProtoCompileError(f"{file}: not under any include path {[str(r) for r in roots]}")
+        relative.append(str(resolved.relative_to(root)))
+    with tempfile.TemporaryDirectory(prefix="agentmesh-fds-") as tmp:
+        out = Path(tmp, "out.binpb")
+        run_protoc(
+            ["--include_imports", "--include_source_info", f"--descriptor_set_out={out}", *relative],
+            includes=roots,
+        )
+        fds = descriptor_pb2.FileDescriptorSet()
+        fds.ParseFromString(out.read_bytes())
+    return fds

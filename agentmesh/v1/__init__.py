@@ -1,0 +1,1 @@
+"""Generated stubs for proto/agentmesh/v1 (python -m agentmesh.codegen)."""

@@ -1,0 +1,1 @@
+"""The sidecar: the data plane that runs beside each agent instance."""

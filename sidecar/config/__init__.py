@@ -1,0 +1,1 @@
+"""Sidecar configuration: bootstrap (agent.yaml) and, later, xDS snapshots."""

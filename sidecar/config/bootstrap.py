@@ -1,0 +1,223 @@
+"""The sidecar's bootstrap: agent.yaml, validated once at start-up.
+
+Like Envoy's bootstrap it holds what the sidecar needs before any control
+plane speaks: who the agent is, where it listens, where the agent is, its
+contract files, health probe, limits and static egress targets. Paths are
+resolved relative to the agent.yaml's folder. Invalid files are refused with
+the file, line and field path (agentmesh.config.ConfigError).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from agentmesh.config import load_yaml_model, parse_duration
+
+Seconds = Annotated[float, BeforeValidator(parse_duration)]
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_METHOD = re.compile(r"^/?[A-Za-z_][\w.]*[/.][A-Za-z_]\w*$")
+
+DEFAULT_INBOUND = "127.0.0.1:15006"
+DEFAULT_EGRESS_GRPC = "127.0.0.1:15001"
+DEFAULT_EGRESS_HTTP = "127.0.0.1:15080"
+DEFAULT_ADMIN = "127.0.0.1:15000"
+DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _address(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"invalid address {value!r}: expected host:port, e.g. 127.0.0.1:15006")
+    return value
+
+
+Address = Annotated[str, BeforeValidator(lambda v: _address(str(v)))]
+
+
+def _resolve(path: str, info: ValidationInfo) -> Path:
+    base = (info.context or {}).get("base_dir", Path.cwd())
+    return (Path(base) / path).resolve()
+
+
+class AgentIdentity(_Strict):
+    """Who the agent is; name and version are the units of routing."""
+
+    name: str
+    version: str = "v1"
+    team: str = "default"
+    description: str = ""
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _dns_label(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(f"{value!r} is not a valid agent name: lowercase letters, digits and '-', at most 63")
+        return value
+
+
+class Upstream(_Strict):
+    """The untouched agent: its URL and the protocol it speaks."""
+
+    url: str
+    protocol: Literal["http", "grpc"] = "http"
+    # Used when neither the caller nor the skill sets a deadline.
+    timeout: Seconds = 300.0
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.port is None:
+            raise ValueError(f"invalid url {value!r}: expected http://host:port")
+        return value.rstrip("/")
+
+
+class SkillOverride(_Strict):
+    """Skill metadata set in agent.yaml; overrides options in the .proto."""
+
+    idempotent: bool | None = None
+    timeout: Seconds | None = None
+    tags: tuple[str, ...] | None = None
+    description: str | None = None
+
+
+class Contract(_Strict):
+    """The agent's .proto files (or a prebuilt descriptor set) and enforcement mode."""
+
+    protos: tuple[Path, ...] = ()
+    include: tuple[Path, ...] = ()
+    descriptor_set: Path | None = None
+    # Services to serve; default: every service defined in `protos`.
+    services: tuple[str, ...] = ()
+    # enforce: a response that breaks the contract becomes an error.
+    # report: it is passed on, logged and counted (while rolling out a contract).
+    response_mode: Literal["enforce", "report"] = "enforce"
+    skills: dict[str, SkillOverride] = Field(default_factory=dict)
+
+    @field_validator("protos", "include", mode="before")
+    @classmethod
+    def _paths(cls, value: Any, info: ValidationInfo) -> tuple[Path, ...]:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list | tuple):
+            raise ValueError("expected a list of paths")
+        paths = tuple(_resolve(str(v), info) for v in value)
+        missing = [str(p) for p in paths if not p.exists()]
+        if missing:
+            raise ValueError(f"not found: {', '.join(missing)}")
+        return paths
+
+    @field_validator("descriptor_set", mode="before")
+    @classmethod
+    def _descriptor_path(cls, value: Any, info: ValidationInfo) -> Path | None:
+        if value is None:
+            return None
+        path = _resolve(str(value), info)
+        if not path.is_file():
+            raise ValueError(f"not found: {path}")
+        return path
+
+    @field_validator("skills")
+    @classmethod
+    def _skill_names(cls, value: dict[str, SkillOverride]) -> dict[str, SkillOverride]:
+        for name in value:
+            if not _METHOD.match(name):
+                raise ValueError(f"{name!r} is not a method name: expected package.Service/Method")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Contract:
+        if bool(self.protos) == (self.descriptor_set is not None):
+            raise ValueError("set exactly one of 'protos' or 'descriptor_set'")
+        return self
+
+
+class HttpProbe(_Strict):
+    path: str = "/healthz"
+
+
+class GrpcProbe(_Strict):
+    service: str = ""
+
+
+class HealthCheck(_Strict):
+    """Active probe of the agent; like a Kubernetes probe with Envoy's thresholds."""
+
+    http: HttpProbe | None = None
+    tcp: bool = False
+    grpc: GrpcProbe | None = None
+    interval: Seconds = 2.0
+    timeout: Seconds = 1.0
+    healthy_threshold: int = Field(default=1, ge=1)
+    unhealthy_threshold: int = Field(default=2, ge=1)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> HealthCheck:
+        kinds = sum((self.http is not None, self.tcp, self.grpc is not None))
+        if kinds > 1:
+            raise ValueError("set at most one of 'http', 'tcp' or 'grpc'")
+        if self.timeout > self.interval:
+            raise ValueError("timeout must not exceed interval")
+        return self
+
+
+class Listen(_Strict):
+    inbound: Address = DEFAULT_INBOUND
+    egress_grpc: Address = DEFAULT_EGRESS_GRPC
+    egress_http: Address = DEFAULT_EGRESS_HTTP
+    admin: Address = DEFAULT_ADMIN
+
+
+class Limits(_Strict):
+    max_message_bytes: int = Field(default=DEFAULT_MAX_MESSAGE_BYTES, ge=1024)
+    max_concurrent_calls: int = Field(default=1000, ge=1)
+    # How long in-flight calls may run after SIGTERM before they are cut.
+    drain_timeout: Seconds = 15.0
+
+
+class StaticTarget(_Strict):
+    """An agent this one may call, until a control plane supplies routes."""
+
+    name: str
+    address: Address
+
+
+class Telemetry(_Strict):
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = True
+
+
+class Bootstrap(_Strict):
+    """The whole agent.yaml."""
+
+    agent: AgentIdentity
+    upstream: Upstream
+    contract: Contract
+    health: HealthCheck = HealthCheck()
+    listen: Listen = Listen()
+    limits: Limits = Limits()
+    targets: tuple[StaticTarget, ...] = ()
+    telemetry: Telemetry = Telemetry()
+
+    @model_validator(mode="after")
+    def _distinct_targets(self) -> Bootstrap:
+        names = [t.name for t in self.targets]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate targets: {', '.join(duplicates)}")
+        return self
+
+    @classmethod
+    def load(cls, path: Path) -> Bootstrap:
+        """Reads and validates agent.yaml; raises agentmesh.config.ConfigError."""
+        return load_yaml_model(path, cls)

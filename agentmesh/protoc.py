@@ -84,9 +84,7 @@ def run_protoc(args: Sequence[str], *, includes: Sequence[Path] = ()) -> None:
             raise ProtoCompileError(detail or f"protoc exited with {code}")
 
 
-def compile_descriptor_set(
-    files: Sequence[Path], *, includes: Sequence[Path] = ()
-) -> descriptor_pb2.FileDescriptorSet:
+def compile_descriptor_set(files: Sequence[Path], *, includes: Sequence[Path] = ()) -> descriptor_pb2.FileDescriptorSet:
     """Compiles `files` (with every import) into one FileDescriptorSet.
 
     Each file is named relative to the first include path that contains it,

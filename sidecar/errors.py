@@ -26,6 +26,7 @@ class MeshError(Exception):
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
     reason: str = "internal"
+    violations: tuple[FieldViolation, ...] = ()
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -82,10 +83,18 @@ class Draining(MeshError):
 class UpstreamStatus(MeshError):
     """The agent answered with an error; `code` is what the caller should see."""
 
-    def __init__(self, message: str, *, code: grpc.StatusCode, http_status: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: grpc.StatusCode,
+        http_status: int | None = None,
+        violations: tuple[FieldViolation, ...] = (),
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.http_status = http_status
+        self.violations = violations
         self.reason = f"upstream_{code.name.lower()}"
 
 

@@ -43,7 +43,9 @@ class MessageChecker:
         self.check(msg, side=side)
         return msg
 
-    def from_json(self, method: MethodContract, payload: str | bytes | Mapping[str, Any], *, side: str) -> message.Message:
+    def from_json(
+        self, method: MethodContract, payload: str | bytes | Mapping[str, Any], *, side: str
+    ) -> message.Message:
         """Builds the typed message from its JSON mapping; unknown keys are violations."""
         cls = method.request_class if side == "request" else method.response_class
         msg = cls()
@@ -58,7 +60,7 @@ class MessageChecker:
                 reason="invalid_json",
             )
         try:
-            json_format.ParseDict(data, msg, ignore_unknown_fields=False, descriptor_pool=msg.DESCRIPTOR.file.pool)
+            json_format.ParseDict(dict(data), msg, ignore_unknown_fields=False, descriptor_pool=_pool_of(msg))
         except json_format.ParseError as exc:
             detail = str(exc).split("\n", 1)[0]
             raise ContractViolation(
@@ -102,30 +104,36 @@ class MessageChecker:
             )
 
     def _unknown_fields(self, msg: message.Message, prefix: str) -> list[str]:
-        found = [f"{prefix}#{f.field_number}" for f in UnknownFieldSet(msg)]
+        unknown: Any = UnknownFieldSet(msg)
+        found = [f"{prefix}#{f.field_number}" for f in unknown]
         if not self._has_nested(msg.DESCRIPTOR):
             return found
         for field, value in msg.ListFields():
             if field.type != _MESSAGE:
                 continue
             name = f"{prefix}{field.name}"
-            if field.message_type.GetOptions().map_entry:
-                if field.message_type.fields_by_name["value"].type == _MESSAGE:
+            entry: Any = field.message_type
+            if entry.GetOptions().map_entry:
+                if entry.fields_by_name["value"].type == _MESSAGE:
                     for key, item in value.items():
                         found += self._unknown_fields(item, f"{name}[{key!r}].")
-            elif field.label == descriptor.FieldDescriptor.LABEL_REPEATED:
+            elif field.is_repeated:
                 for index, item in enumerate(value):
                     found += self._unknown_fields(item, f"{name}[{index}].")
             else:
                 found += self._unknown_fields(value, f"{name}.")
         return found
 
-    def _has_nested(self, desc: descriptor.Descriptor) -> bool:
+    def _has_nested(self, desc: Any) -> bool:
         known = self._nested.get(desc.full_name)
         if known is None:
             known = any(f.type == _MESSAGE for f in desc.fields)
             self._nested[desc.full_name] = known
         return known
+
+
+def _pool_of(msg: message.Message) -> Any:
+    return msg.DESCRIPTOR.file.pool
 
 
 def _field_path(path: Any) -> str:

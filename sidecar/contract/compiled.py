@@ -76,7 +76,7 @@ class ContractSet:
 
     def method(self, path: str) -> MethodContract:
         """Looks a method up by "/pkg.Svc/Method" or "pkg.Svc.Method"."""
-        found = self.methods.get(path) or self.methods.get(_normalize(path))
+        found = self.methods.get(path) or self.methods.get(normalize_method(path))
         if found is None:
             raise UnknownMethod(f"method {path!r} is not part of the contract (services: {', '.join(self.services)})")
         return found
@@ -126,13 +126,13 @@ class ContractSet:
                     response_class=message_factory.GetMessageClass(m.output_type),
                     server_streaming=m.server_streaming,
                     client_streaming=m.client_streaming,
-                    skill=_skill_meta(options, (overrides or {}).get(_normalize(path), {})),
+                    skill=_skill_meta(options, (overrides or {}).get(normalize_method(path), {})),
                     http_rule=HttpRule.from_proto(options.Extensions[annotations_pb2.http]),
                 )
         return cls(fds, pool, wanted, MappingProxyType(methods))
 
 
-def _normalize(path: str) -> str:
+def normalize_method(path: str) -> str:
     """'pkg.Svc.Method', 'pkg.Svc/Method' or '/pkg.Svc/Method' -> '/pkg.Svc/Method'."""
     path = path.lstrip("/")
     if "/" not in path:
@@ -159,7 +159,7 @@ def _method_options(proto: descriptor_pb2.MethodDescriptorProto) -> descriptor_p
 
 
 def _skill_meta(options: descriptor_pb2.MethodOptions, override: Mapping[str, object]) -> SkillMeta:
-    skill = options.Extensions[options_pb2.skill]
+    skill: options_pb2.SkillOptions = options.Extensions[options_pb2.skill]  # type: ignore[index]
     idempotent = skill.idempotent or options.idempotency_level in (
         descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS,
         descriptor_pb2.MethodOptions.IDEMPOTENT,

@@ -1,0 +1,1 @@
+"""The `agentmesh` command line: thin click commands over the project's packages."""

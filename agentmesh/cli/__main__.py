@@ -1,0 +1,5 @@
+"""`python -m agentmesh.cli` runs the `agentmesh` command."""
+
+from agentmesh.cli.main import cli
+
+cli()

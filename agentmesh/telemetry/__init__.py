@@ -1,0 +1,8 @@
+"""Telemetry shared by the sidecar, the control plane and the CLI.
+
+`logs` owns the one structured JSON log format and the access log.
+"""
+
+from agentmesh.telemetry.logs import ACCESS_LOGGER, JsonFormatter, configure_logging, log_access
+
+__all__ = ["ACCESS_LOGGER", "JsonFormatter", "configure_logging", "log_access"]

@@ -1,0 +1,1 @@
+"""The control plane: agent registry, versioned policy store, xDS translation and serving."""

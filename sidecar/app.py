@@ -1,0 +1,218 @@
+"""Wiring only: builds the sidecar's parts from agent.yaml and runs them.
+
+Start-up order: contract → upstream adapter → inbound chain and listener →
+health prober → egress listeners → admin. Shutdown (SIGTERM/SIGINT) drains:
+readiness and grpc.health go NOT_SERVING, new calls get UNAVAILABLE, in-flight
+calls get `limits.drain_timeout` to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import descriptor_pb2, json_format
+
+from agentmesh.protoc import ProtoCompileError, compile_descriptor_set
+from agentmesh.v1 import manifest_pb2
+from sidecar.admin.server import AdminServer
+from sidecar.config.bootstrap import Bootstrap
+from sidecar.contract import ContractSet, MessageChecker
+from sidecar.contract.compiled import normalize_method
+from sidecar.contract.manifest import build_manifest
+from sidecar.health import HealthProber
+from sidecar.inbound.agent_service import AgentService
+from sidecar.inbound.chain import Admission, InboundChain
+from sidecar.inbound.server import InboundServer, channel_options, server_options
+from sidecar.outbound.forward import Forwarder
+from sidecar.outbound.listener_grpc import EgressGrpcHandler
+from sidecar.outbound.listener_http import EgressHttpListener
+from sidecar.outbound.targets import TargetDirectory
+from sidecar.stats import SidecarStats
+from sidecar.upstream.base import adapter_for
+
+log = logging.getLogger("agentmesh.sidecar")
+
+
+class StartupError(Exception):
+    """The sidecar cannot start; the message says what to fix."""
+
+
+def load_contract(bootstrap: Bootstrap) -> ContractSet:
+    """Compiles the agent's .proto files (or reads its descriptor set) into a ContractSet."""
+    contract = bootstrap.contract
+    try:
+        if contract.descriptor_set is not None:
+            fds = descriptor_pb2.FileDescriptorSet.FromString(contract.descriptor_set.read_bytes())
+        else:
+            fds = compile_descriptor_set(contract.protos, includes=contract.include)
+        overrides = {
+            normalize_method(name): skill.model_dump(exclude_none=True) for name, skill in contract.skills.items()
+        }
+        return ContractSet.compile(fds, services=contract.services, overrides=overrides)
+    except ProtoCompileError as exc:
+        raise StartupError(f"contract.protos: {exc}") from exc
+    except ValueError as exc:
+        raise StartupError(f"contract: {exc}") from exc
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True)
+class Ports:
+    inbound: int
+    egress_grpc: int
+    egress_http: int
+    admin: int
+
+
+class Sidecar:
+    """One sidecar process: inbound, egress, admin and the health prober."""
+
+    def __init__(self, bootstrap: Bootstrap, *, config_path: Path | None = None) -> None:
+        self.bootstrap = bootstrap
+        self._config_path = config_path
+        agent = bootstrap.agent
+        self.contract = load_contract(bootstrap)
+        self.stats = SidecarStats(agent=agent.name, version=agent.version, team=agent.team)
+        self.admission = Admission()
+        self.manifest: manifest_pb2.Manifest = build_manifest(self.contract, agent)
+        checker = MessageChecker()
+        self._upstream = adapter_for(bootstrap.upstream, max_message_bytes=bootstrap.limits.max_message_bytes)
+        chain = InboundChain(
+            bootstrap=bootstrap,
+            contract=self.contract,
+            checker=checker,
+            upstream=self._upstream,
+            stats=self.stats,
+            admission=self.admission,
+        )
+        self.inbound = InboundServer(
+            contract=self.contract,
+            chain=chain,
+            agent_service=AgentService(contract=self.contract, chain=chain, manifest=lambda: self.manifest),
+            limits=bootstrap.limits,
+        )
+        self._prober = HealthProber(bootstrap.health, bootstrap.upstream, on_change=self._agent_health_changed)
+        self.targets = TargetDirectory(bootstrap.targets, channel_options=channel_options(bootstrap.limits))
+        forwarder = Forwarder(self.targets, agent=agent.name, team=agent.team)
+        self._egress_grpc = grpc.aio.server(options=server_options(bootstrap.limits))
+        self._egress_grpc.add_generic_rpc_handlers(
+            (EgressGrpcHandler(directory=self.targets, forwarder=forwarder, stats=self.stats, agent=agent.name),)
+        )
+        self._egress_http = EgressHttpListener(
+            directory=self.targets,
+            forwarder=forwarder,
+            checker=checker,
+            stats=self.stats,
+            agent=agent.name,
+            default_timeout=bootstrap.upstream.timeout,
+            max_body_bytes=bootstrap.limits.max_message_bytes,
+        )
+        admin_host, admin_port = _split(bootstrap.listen.admin)
+        self._admin = AdminServer(
+            host=admin_host,
+            port=admin_port,
+            stats=self.stats,
+            manifest=lambda: self.manifest,
+            card_url=f"grpc://{bootstrap.listen.inbound}",
+            config_dump=self.config_dump,
+            readiness=self.readiness,
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def readiness(self) -> tuple[bool, str]:
+        if self.admission.draining:
+            return False, "draining"
+        if not self.admission.agent_healthy:
+            return False, f"agent not healthy: {self.admission.reason}"
+        return True, "ready"
+
+    def config_dump(self) -> dict[str, Any]:
+        return {
+            "bootstrap": self.bootstrap.model_dump(mode="json"),
+            "source": str(self._config_path) if self._config_path else None,
+            "contract": {
+                "services": list(self.contract.services),
+                "methods": {
+                    path: {
+                        "input": m.input.full_name,
+                        "output": m.output.full_name,
+                        "server_streaming": m.server_streaming,
+                        "idempotent": m.skill.idempotent,
+                        "timeout_s": m.skill.timeout,
+                        "http_rule": None if m.http_rule is None else vars(m.http_rule),
+                    }
+                    for path, m in self.contract.methods.items()
+                },
+            },
+            "targets": self.targets.describe(),
+            "admission": {"agent_healthy": self.admission.agent_healthy, "draining": self.admission.draining},
+            "manifest": json_format.MessageToDict(self.manifest, preserving_proto_field_name=True)
+            | {"descriptors": f"{len(self.manifest.descriptors.file)} files"},
+        }
+
+    def _agent_health_changed(self, healthy: bool) -> None:
+        self.admission.agent_healthy = healthy
+        self.admission.reason = "ok" if healthy else (self._prober.last_error or "probe failing")
+        self.stats.set_upstream_healthy(healthy)
+        if not self.admission.draining:
+            self._tasks.append(asyncio.ensure_future(self.inbound.set_serving(healthy)))
+
+    async def start(self) -> Ports:
+        listen = self.bootstrap.listen
+        await self.inbound.set_serving(False)
+        inbound = await self.inbound.start(listen.inbound)
+        egress_grpc = self._egress_grpc.add_insecure_port(listen.egress_grpc)
+        if egress_grpc == 0:
+            raise OSError(f"cannot listen on {listen.egress_grpc}")
+        await self._egress_grpc.start()
+        egress_http = await self._egress_http.start(*_split(listen.egress_http))
+        admin = await self._admin.start()
+        self._tasks.append(asyncio.ensure_future(self._prober.run()))
+        ports = Ports(inbound, egress_grpc, egress_http, admin)
+        log.info(
+            "sidecar ready",
+            extra={
+                "ports": vars(ports),
+                "services": list(self.contract.services),
+                "upstream": self.bootstrap.upstream.url,
+            },
+        )
+        return ports
+
+    async def stop(self) -> None:
+        """Drains in-flight calls, then closes everything."""
+        self.admission.draining = True
+        self.admission.reason = "draining"
+        with contextlib.suppress(Exception):
+            await self.inbound.set_serving(False)
+        grace = self.bootstrap.limits.drain_timeout
+        log.info("draining", extra={"grace_s": grace})
+        await asyncio.gather(self.inbound.stop(grace), self._egress_grpc.stop(grace), self._egress_http.stop())
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(self._admin.stop(), self._upstream.aclose(), self.targets.close())
+        log.info("sidecar stopped")
+
+
+async def run(bootstrap: Bootstrap, *, config_path: Path | None = None) -> None:
+    """Runs a sidecar until SIGTERM or SIGINT, then drains and stops."""
+    sidecar = Sidecar(bootstrap, config_path=config_path)
+    await sidecar.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await sidecar.stop()

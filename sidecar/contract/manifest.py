@@ -1,0 +1,115 @@
+"""Builds the agent's capability manifest (`agentmesh.v1.Manifest`).
+
+The manifest is what the sidecar says about its agent: identity (from
+agent.yaml), the services it implements with their descriptors, one skill per
+RPC method with the skill metadata compiled into the `ContractSet`, and SLOs.
+It is built once per contract (not per request) and served by
+`Agent.GetManifest`, the admin endpoint (`/manifest`, and as an A2A Agent
+Card) and registered with the control plane.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from google.protobuf import descriptor_pb2
+
+from agentmesh.v1 import manifest_pb2
+from sidecar.config.bootstrap import AgentIdentity
+from sidecar.contract.compiled import ContractSet, MethodContract
+
+DEFAULT_AVAILABILITY = 0.99
+
+# FileDescriptorProto field numbers, for reading comments out of source_code_info.
+_SERVICE_FIELD = 6
+_METHOD_FIELD = 2
+
+
+@dataclass(frozen=True)
+class SloSettings:
+    """Service-level objectives advertised in the manifest.
+
+    `availability` is the target ratio of successful calls; the latency
+    objective is "`latency_target` of calls finish within `latency_threshold`
+    seconds" and is omitted unless both are set.
+    """
+
+    availability: float = DEFAULT_AVAILABILITY
+    latency_threshold: float | None = None
+    latency_target: float | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 < self.availability <= 1:
+            raise ValueError(f"availability must be in (0, 1], got {self.availability}")
+        if (self.latency_threshold is None) != (self.latency_target is None):
+            raise ValueError("set both latency_threshold and latency_target, or neither")
+        if self.latency_threshold is not None and self.latency_threshold <= 0:
+            raise ValueError(f"latency_threshold must be positive, got {self.latency_threshold}")
+        if self.latency_target is not None and not 0 < self.latency_target <= 1:
+            raise ValueError(f"latency_target must be in (0, 1], got {self.latency_target}")
+
+    def to_proto(self) -> manifest_pb2.Slo:
+        slo = manifest_pb2.Slo(availability=self.availability)
+        if self.latency_threshold is not None and self.latency_target is not None:
+            slo.latency_threshold.FromNanoseconds(round(self.latency_threshold * 1e9))
+            slo.latency_target = self.latency_target
+        return slo
+
+
+def build_manifest(
+    contract: ContractSet, identity: AgentIdentity, *, slo: SloSettings | None = None
+) -> manifest_pb2.Manifest:
+    """The manifest of `identity` serving `contract`; skills in contract order.
+
+    A skill without a description in its options or agent.yaml takes the
+    leading comment of its `rpc` in the .proto, when the descriptor set keeps
+    source info.
+    """
+    manifest = manifest_pb2.Manifest(
+        name=identity.name,
+        version=identity.version,
+        team=identity.team,
+        description=identity.description,
+        services=contract.services,
+        labels=identity.labels,
+        slo=(slo or SloSettings()).to_proto(),
+    )
+    manifest.descriptors.CopyFrom(contract.descriptor_set)
+    comments = _method_comments(contract.descriptor_set)
+    for method in contract.methods.values():
+        manifest.skills.append(_skill(method, comments.get(method.path, "")))
+    return manifest
+
+
+def _skill(method: MethodContract, comment: str) -> manifest_pb2.Skill:
+    meta = method.skill
+    skill = manifest_pb2.Skill(
+        method=method.path,
+        input_type=method.input.full_name,
+        output_type=method.output.full_name,
+        server_streaming=method.server_streaming,
+        idempotent=meta.idempotent,
+        tags=meta.tags,
+        description=meta.description or comment,
+    )
+    if meta.timeout is not None:
+        skill.default_timeout.FromNanoseconds(round(meta.timeout * 1e9))
+    if meta.cost is not None:
+        skill.cost.CopyFrom(meta.cost)
+    return skill
+
+
+def _method_comments(fds: descriptor_pb2.FileDescriptorSet) -> dict[str, str]:
+    """'/pkg.Service/Method' -> the method's leading comment, for every file with source info."""
+    comments: dict[str, str] = {}
+    for file in fds.file:
+        if not file.service or not file.HasField("source_code_info"):
+            continue
+        by_path = {tuple(loc.path): loc.leading_comments for loc in file.source_code_info.location}
+        for s, service in enumerate(file.service):
+            full = f"{file.package}.{service.name}" if file.package else service.name
+            for m, method in enumerate(service.method):
+                text = by_path.get((_SERVICE_FIELD, s, _METHOD_FIELD, m), "")
+                if text.strip():
+                    comments[f"/{full}/{method.name}"] = " ".join(text.split())
+    return comments

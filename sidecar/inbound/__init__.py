@@ -1,0 +1,1 @@
+"""Inbound listener (:15006): the agent's typed services behind the contract chain."""

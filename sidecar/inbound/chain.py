@@ -1,0 +1,193 @@
+"""The inbound chain, in path order:
+
+    admission (draining, agent down) → contract(in) → upstream adapter
+    → contract(out) → metrics and access log
+
+Built once per configuration by `InboundChain`; per-method stats children are
+resolved at build time, so a call only looks its method up. Steps raise
+domain errors (sidecar.errors); the listener maps them to a status.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from agentmesh.telemetry.logs import log_access
+from sidecar.config.bootstrap import Bootstrap
+from sidecar.contract import ContractSet, MessageChecker, MethodContract
+from sidecar.errors import ContractViolation, Draining, MeshError, UpstreamUnavailable
+from sidecar.inbound.call import PROPAGATED_HEADERS, SOURCE_AGENT_HEADER, InboundCall, Reply
+from sidecar.stats import RouteStats, SidecarStats
+from sidecar.upstream.base import Payload, UpstreamAdapter, UpstreamCall
+
+log = logging.getLogger("agentmesh.sidecar.inbound")
+
+CONFIG_HEADER_PREFIX = "x-agentmesh-config-"
+
+
+@dataclass
+class Admission:
+    """Whether new calls may reach the agent; flipped by the prober and on SIGTERM."""
+
+    agent_healthy: bool = False
+    draining: bool = False
+    reason: str = "agent not probed yet"
+
+    def check(self) -> None:
+        if self.draining:
+            raise Draining("sidecar is draining (shutting down); retry on another instance")
+        if not self.agent_healthy:
+            raise UpstreamUnavailable(f"agent is not healthy: {self.reason}")
+
+
+class InboundChain:
+    """Runs inbound calls through the steps above for one agent."""
+
+    def __init__(
+        self,
+        *,
+        bootstrap: Bootstrap,
+        contract: ContractSet,
+        checker: MessageChecker,
+        upstream: UpstreamAdapter,
+        stats: SidecarStats,
+        admission: Admission,
+        runtime_headers: Callable[[], dict[str, str]] = dict,
+    ) -> None:
+        self._agent = bootstrap.agent
+        self._upstream_timeout = bootstrap.upstream.timeout
+        self._report_only = bootstrap.contract.response_mode == "report"
+        self._access_log = bootstrap.telemetry.access_log
+        self._contract = contract
+        self._checker = checker
+        self._upstream = upstream
+        self._stats = stats
+        self._admission = admission
+        self._runtime_headers = runtime_headers
+
+    def route_stats(self, method: MethodContract, source_agent: str) -> RouteStats:
+        return self._stats.route(
+            direction="inbound",
+            source_agent=source_agent,
+            destination_agent=self._agent.name,
+            destination_version=self._agent.version,
+            rpc_method=method.path,
+        )
+
+    async def unary(self, call: InboundCall) -> Reply:
+        stats = self.route_stats(call.method, call.source_agent)
+        stats.start()
+        started = time.perf_counter()
+        code = "OK"
+        try:
+            upstream_call = self._admit(call)
+            payload = await self._upstream.unary(upstream_call)
+            return self._contract_out(call.method, payload)
+        except MeshError as exc:
+            code = self._failed(call, exc)
+            raise
+        except BaseException:
+            code = "CANCELLED"
+            raise
+        finally:
+            self._finish(call, stats, code, started)
+
+    async def stream(self, call: InboundCall) -> AsyncIterator[Reply]:
+        stats = self.route_stats(call.method, call.source_agent)
+        stats.start()
+        started = time.perf_counter()
+        code = "OK"
+        try:
+            upstream_call = self._admit(call)
+            async for payload in self._upstream.stream(upstream_call):
+                yield self._contract_out(call.method, payload)
+        except MeshError as exc:
+            code = self._failed(call, exc)
+            raise
+        except BaseException:
+            code = "CANCELLED"
+            raise
+        finally:
+            self._finish(call, stats, code, started)
+
+    def _admit(self, call: InboundCall) -> UpstreamCall:
+        """Admission and contract(in): the agent never sees a call that fails here."""
+        self._admission.check()
+        method = call.method
+        if isinstance(call.body, bytes):
+            request = self._checker.parse(method, call.body, side="request")
+            wire: bytes | None = call.body
+        else:
+            request = self._checker.from_json(method, call.body, side="request")
+            wire = None
+        call.request = request
+        return UpstreamCall(
+            method=method,
+            request=request,
+            request_bytes=wire,
+            timeout=self._timeout(call),
+            headers=self._headers(call),
+        )
+
+    def _contract_out(self, method: MethodContract, payload: Payload) -> Reply:
+        try:
+            if payload.encoding == "proto":
+                return Reply(self._checker.parse(method, payload.data, side="response"), payload.data)
+            return Reply(self._checker.from_json(method, payload.data, side="response"))
+        except ContractViolation as exc:
+            if not self._report_only:
+                raise
+            self._stats.contract_violation(method.path, exc.side, exc.reason)
+            log.warning("response breaks the contract (report mode, passed on): %s", exc.message)
+            return Reply(self._lenient(method, payload))
+
+    def _lenient(self, method: MethodContract, payload: Payload) -> Message:
+        """Report mode: decode what can be decoded; unparsable bodies still fail."""
+        message = method.response_class()
+        try:
+            if payload.encoding == "proto":
+                message.ParseFromString(payload.data)
+            else:
+                json_format.Parse(payload.data, message, ignore_unknown_fields=True)
+        except (json_format.ParseError, ValueError) as exc:
+            raise ContractViolation(
+                f"response cannot be decoded as {method.output.full_name}: {exc}", side="response", reason="malformed"
+            ) from exc
+        return message
+
+    def _timeout(self, call: InboundCall) -> float:
+        if call.time_remaining is not None:
+            return call.time_remaining
+        return call.method.skill.timeout or self._upstream_timeout
+
+    def _headers(self, call: InboundCall) -> dict[str, str]:
+        headers = {k: v for k in PROPAGATED_HEADERS if (v := call.metadata.get(k))}
+        headers[SOURCE_AGENT_HEADER] = call.source_agent
+        headers.update(self._runtime_headers())
+        return headers
+
+    def _failed(self, call: InboundCall, exc: MeshError) -> str:
+        if isinstance(exc, ContractViolation):
+            self._stats.contract_violation(call.method.path, exc.side, exc.reason)
+        return exc.code.name
+
+    def _finish(self, call: InboundCall, stats: RouteStats, code: str, started: float) -> None:
+        elapsed = time.perf_counter() - started
+        stats.finish(code, elapsed)
+        if self._access_log:
+            log_access(
+                direction="inbound",
+                source=call.source_agent,
+                destination=self._agent.name,
+                version=self._agent.version,
+                method=call.method.path,
+                code=code,
+                duration_ms=round(elapsed * 1000, 3),
+                traceparent=call.metadata.get("traceparent", ""),
+            )

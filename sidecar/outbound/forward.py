@@ -1,0 +1,80 @@
+"""Sends one call to a target sidecar's inbound listener, as raw bytes.
+
+Both egress listeners end here. gRPC failures from the peer become
+`PeerStatus` (code, message, field violations and the peer's trailers, so
+the gRPC egress can relay them unchanged); transport failures become
+NoRoute / UpstreamTimeout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+
+import grpc
+
+from sidecar.errors import MeshError, NoRoute, UpstreamTimeout
+from sidecar.inbound.call import SOURCE_AGENT_HEADER, SOURCE_TEAM_HEADER
+from sidecar.outbound.targets import Target, TargetDirectory
+from sidecar.status import field_violations, status_from_error
+
+FORWARDED_HEADERS = ("traceparent", "tracestate", "baggage")
+
+
+class PeerStatus(MeshError):
+    """The target answered with an error status; relayed to the caller as is."""
+
+    def __init__(self, error: grpc.aio.AioRpcError) -> None:
+        super().__init__(error.details() or error.code().name)
+        self.code = error.code()
+        self.reason = f"peer_{self.code.name.lower()}"
+        self.trailing_metadata = error.trailing_metadata()
+        details = status_from_error(error)
+        self.violations = tuple(field_violations(details)) if details else ()
+
+
+def _translate(error: grpc.aio.AioRpcError, target: Target) -> MeshError:
+    code = error.code()
+    if code == grpc.StatusCode.UNAVAILABLE and "failed to connect" in (error.debug_error_string() or "").lower():
+        return NoRoute(f"agent {target.name!r} at {target.address} is unreachable: {error.details()}")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED and not error.trailing_metadata():
+        return UpstreamTimeout(f"deadline exceeded calling {target.name!r}")
+    return PeerStatus(error)
+
+
+class Forwarder:
+    """Calls target sidecars on behalf of the local agent."""
+
+    def __init__(self, directory: TargetDirectory, *, agent: str, team: str) -> None:
+        self._directory = directory
+        self._identity = ((SOURCE_AGENT_HEADER, agent), (SOURCE_TEAM_HEADER, team))
+
+    def metadata(self, incoming: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+        """Trace context from the agent's call plus this sidecar's (asserted) identity."""
+        return (*((k, v) for k in FORWARDED_HEADERS if (v := incoming.get(k))), *self._identity)
+
+    async def unary(
+        self, target: Target, path: str, request: bytes, *, metadata: Mapping[str, str], timeout: float | None
+    ) -> bytes:
+        call = self._directory.channel(target.address).unary_unary(
+            path, request_serializer=None, response_deserializer=None
+        )
+        try:
+            response: bytes = await call(request, metadata=self.metadata(metadata), timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc, target) from exc
+        return response
+
+    async def stream(
+        self, target: Target, path: str, request: bytes, *, metadata: Mapping[str, str], timeout: float | None
+    ) -> AsyncIterator[bytes]:
+        call = self._directory.channel(target.address).unary_stream(
+            path, request_serializer=None, response_deserializer=None
+        )
+        responses = call(request, metadata=self.metadata(metadata), timeout=timeout)
+        try:
+            async for chunk in responses:
+                yield chunk
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc, target) from exc
+        finally:
+            responses.cancel()

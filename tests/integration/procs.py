@@ -1,0 +1,99 @@
+"""Starting and stopping real processes on loopback for integration tests."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples" / "agents"
+AGENTMESH = [sys.executable, "-m", "agentmesh.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Process:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        return self.popen.returncode
+
+
+def start(name: str, argv: list[str], log_dir: Path, env: dict[str, str] | None = None) -> Process:
+    log = log_dir / f"{name}.log"
+    with log.open("wb") as handle:  # the child keeps its own descriptor
+        popen = subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=ROOT)
+    return Process(name, popen, log)
+
+
+def wait_for(check: Callable[[], bool], *, what: str, timeout: float = 20, process: Process | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and not process.alive():
+            raise AssertionError(f"{process.name} exited while waiting for {what}:\n{process.output()}")
+        with contextlib.suppress(Exception):
+            if check():
+                return
+        time.sleep(0.05)
+    detail = f"\n{process.output()}" if process else ""
+    raise AssertionError(f"timed out waiting for {what}{detail}")
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return bool(200 <= response.status < 300)
+    except urllib.error.HTTPError as error:
+        error.close()
+        return False
+    except urllib.error.URLError:
+        return False
+
+
+def grpc_serving(address: str, service: str = "") -> bool:
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1)
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+@contextlib.contextmanager
+def running(name: str, argv: list[str], log_dir: Path, env: dict[str, str] | None = None) -> Iterator[Process]:
+    process = start(name, argv, log_dir, env)
+    try:
+        yield process
+    finally:
+        process.stop()

@@ -91,13 +91,7 @@ def compile_descriptor_set(files: Sequence[Path], *, includes: Sequence[Path] = 
     so imports between the agent's own files resolve as they do in `buf`.
     """
     roots = [p.resolve() for p in includes] or sorted({f.resolve().parent for f in files})
-    relative = []
-    for file in files:
-        resolved = file.resolve()
-        root = next((r for r in roots if resolved.is_relative_to(r)), None)
-        if root is None:
-            raise ProtoCompileError(f"{file}: not under any include path {[str(r) for r in roots]}")
-        relative.append(str(resolved.relative_to(root)))
+    relative = _relative_names(files, roots)
     with tempfile.TemporaryDirectory(prefix="agentmesh-fds-") as tmp:
         out = Path(tmp, "out.binpb")
         run_protoc(
@@ -107,3 +101,44 @@ def compile_descriptor_set(files: Sequence[Path], *, includes: Sequence[Path] = 
         fds = descriptor_pb2.FileDescriptorSet()
         fds.ParseFromString(out.read_bytes())
     return fds
+
+
+def _relative_names(files: Sequence[Path], roots: Sequence[Path]) -> list[str]:
+    names = []
+    for file in files:
+        resolved = file.resolve()
+        root = next((r for r in roots if resolved.is_relative_to(r)), None)
+        if root is None:
+            raise ProtoCompileError(f"{file}: not under any include path {[str(r) for r in roots]}")
+        names.append(str(resolved.relative_to(root)))
+    return names
+
+
+def generate_python_stubs(files: Sequence[Path], out_dir: Path, *, includes: Sequence[Path] = ()) -> list[str]:
+    """Writes *_pb2.py, *_pb2.pyi and *_pb2_grpc.py for `files` into `out_dir`.
+
+    Imported files whose Python module cannot be imported here are generated
+    too — notably buf/validate/validate.proto, which protovalidate 2.x no
+    longer ships as a google.protobuf module — so the stubs import cleanly.
+    Returns the .proto names generated.
+    """
+    import importlib.util
+
+    roots = [p.resolve() for p in includes] or sorted({f.resolve().parent for f in files})
+    requested = _relative_names(files, roots)
+    fds = compile_descriptor_set(files, includes=includes)
+
+    def importable(name: str) -> bool:
+        module = name.removesuffix(".proto").replace("/", ".").replace("-", "_") + "_pb2"
+        try:
+            return importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:
+            return False
+
+    missing = [f.name for f in fds.file if f.name not in requested and not importable(f.name)]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    outputs = [f"--python_out={out_dir}", f"--pyi_out={out_dir}"]
+    run_protoc([*outputs, f"--grpc_python_out={out_dir}", *requested], includes=roots)
+    if missing:
+        run_protoc([*outputs, *missing], includes=roots)
+    return [*requested, *missing]

@@ -36,6 +36,7 @@ from sidecar.outbound.listener_http import EgressHttpListener
 from sidecar.outbound.targets import TargetDirectory
 from sidecar.stats import SidecarStats
 from sidecar.upstream.base import adapter_for
+from sidecar.upstream.http_json import HttpJsonAdapter
 
 log = logging.getLogger("agentmesh.sidecar")
 
@@ -88,6 +89,11 @@ class Sidecar:
         self.manifest: manifest_pb2.Manifest = build_manifest(self.contract, agent)
         checker = MessageChecker()
         self._upstream = adapter_for(bootstrap.upstream, max_message_bytes=bootstrap.limits.max_message_bytes)
+        if isinstance(self._upstream, HttpJsonAdapter):
+            try:
+                self._upstream.prepare(self.contract.methods.values())
+            except ValueError as exc:
+                raise StartupError(f"contract: google.api.http binding unusable: {exc}") from exc
         chain = InboundChain(
             bootstrap=bootstrap,
             contract=self.contract,

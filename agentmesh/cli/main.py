@@ -6,6 +6,7 @@ import click
 
 from agentmesh import __version__
 from agentmesh.cli.sidecar import sidecar
+from agentmesh.cli.stubs import stubs
 from agentmesh.cli.up import up
 
 
@@ -21,4 +22,5 @@ def cli() -> None:
 
 
 cli.add_command(sidecar)
+cli.add_command(stubs)
 cli.add_command(up)

@@ -2,8 +2,9 @@
 
 model.py defines TrafficPolicy, AccessPolicy and AgentConfig; validate.py
 checks documents (alone, as a set, against the registry) with file:line:
-field.path issues; store.py keeps every version of the policy set in SQLite.
-The xDS translation (control_plane.translate) reads a PolicySet from here.
+field.path issues; store.py (imported on its own, `control_plane.policy.store`,
+so the pure translation never loads sqlite3) keeps every version of the
+policy set.
 """
 
 from control_plane.policy.model import (
@@ -16,7 +17,6 @@ from control_plane.policy.model import (
     policy_from_dict,
     render_yaml,
 )
-from control_plane.policy.store import ChangeResult, PolicySet, PolicyStore, PolicyStoreError, VersionInfo
 from control_plane.policy.validate import (
     PolicyDocument,
     RegistryView,
@@ -31,17 +31,12 @@ __all__ = [
     "KINDS",
     "AccessPolicy",
     "AgentConfig",
-    "ChangeResult",
     "Policy",
     "PolicyDocument",
     "PolicyRef",
-    "PolicySet",
-    "PolicyStore",
-    "PolicyStoreError",
     "RegistryView",
     "TrafficPolicy",
     "ValidationReport",
-    "VersionInfo",
     "load_documents",
     "policy_from_dict",
     "read_documents",

@@ -146,7 +146,7 @@ class Registry:
             del self._instances[instance.instance_id]
             log.warning(
                 "agent instance expired: no heartbeat within the TTL",
-                extra={"instance_id": instance.instance_id, "agent": instance.agent, "ttl_s": self.ttl},
+                extra={"instance_id": instance.instance_id, "agent_name": instance.agent, "ttl_s": self.ttl},
             )
             self._changed(ChangeKind.EXPIRED, instance)
         return expired

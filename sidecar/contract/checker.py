@@ -137,15 +137,13 @@ def _pool_of(msg: message.Message) -> Any:
 
 
 def _field_path(path: Any) -> str:
+    """Renders a protovalidate FieldPath as `lines[1].sku` or `by_name['x']`."""
     text = ""
     for element in path.elements:
-        name = element.field_name
-        text = f"{text}.{name}" if text else name
-        subscript = element.WhichOneof("subscript") if hasattr(element, "WhichOneof") else None
+        text = f"{text}.{element.field_name}" if text else element.field_name
+        subscript = element.subscript  # a protobuf-py Oneof (field, value) or None
         if subscript is not None:
-            text += f"[{getattr(element, subscript)!r}]"
-        elif getattr(element, "index", None):
-            text += f"[{element.index}]"
+            text += f"[{subscript.value!r}]"
     return text
 
 

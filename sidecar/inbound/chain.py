@@ -10,6 +10,7 @@ domain errors (sidecar.errors); the listener maps them to a status.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -105,8 +106,9 @@ class InboundChain:
         code = "OK"
         try:
             upstream_call = self._admit(call)
-            async for payload in self._upstream.stream(upstream_call):
-                yield self._contract_out(call.method, payload)
+            async with contextlib.aclosing(self._upstream.stream(upstream_call)) as payloads:
+                async for payload in payloads:
+                    yield self._contract_out(call.method, payload)
         except MeshError as exc:
             code = self._failed(call, exc)
             raise

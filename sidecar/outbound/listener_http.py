@@ -15,6 +15,7 @@ Server-streaming skills answer NDJSON, or SSE when the agent sends
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Mapping
@@ -157,19 +158,21 @@ class EgressHttpListener:
                 "Cache-Control": "no-cache",
             }
         )
-        chunks = self._forwarder.stream(target, method.path, wire, metadata=metadata, timeout=timeout)
-        try:
-            async for chunk in chunks:
+        stream = self._forwarder.stream(target, method.path, wire, metadata=metadata, timeout=timeout)
+        async with contextlib.aclosing(stream) as chunks:
+            try:
+                async for chunk in chunks:
+                    if not response.prepared:
+                        await response.prepare(request)
+                    data = json.dumps(_to_json(method.response_class.FromString(chunk)))
+                    await response.write(f"data: {data}\n\n".encode() if sse else f"{data}\n".encode())
+            except MeshError as exc:
                 if not response.prepared:
-                    await response.prepare(request)
-                data = json.dumps(_to_json(method.response_class.FromString(chunk)))
-                await response.write(f"data: {data}\n\n".encode() if sse else f"{data}\n".encode())
-        except MeshError as exc:
-            if not response.prepared:
-                raise
-            _, body = connect_error(exc)
-            line = f"event: error\ndata: {json.dumps(body)}\n\n" if sse else json.dumps({"error": body}) + "\n"
-            await response.write(line.encode())
+                    raise
+                # Headers are sent: the error travels in the stream (Connect end-of-stream style).
+                _, body = connect_error(exc)
+                line = f"event: error\ndata: {json.dumps(body)}\n\n" if sse else json.dumps({"error": body}) + "\n"
+                await response.write(line.encode())
         if not response.prepared:
             await response.prepare(request)
         await response.write_eof()

@@ -39,6 +39,9 @@ from sidecar.upstream.base import Payload, UpstreamCall
 log = logging.getLogger("agentmesh.sidecar.upstream")
 
 USER_AGENT = "agentmesh-sidecar"
+# Idle pooled connections are dropped before common agent servers (uvicorn,
+# Node) close theirs at 5 s, so a request rarely meets a connection being closed.
+DEFAULT_KEEPALIVE_SECONDS = 4.0
 # How much of an error body is read to find a Connect error or quote the agent.
 ERROR_BODY_LIMIT = 64 * 1024
 ERROR_SNIPPET_CHARS = 200
@@ -214,7 +217,7 @@ class HttpJsonAdapter:
             # Created here, inside the running loop; concurrency is bounded by the
             # inbound listener (limits.max_concurrent_calls), not by the pool.
             session = self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0),
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=DEFAULT_KEEPALIVE_SECONDS),
                 cookie_jar=aiohttp.DummyCookieJar(),
                 headers={"User-Agent": USER_AGENT},
                 timeout=aiohttp.ClientTimeout(total=None),
@@ -237,7 +240,7 @@ class HttpJsonAdapter:
         headers = {
             key: value
             for key, value in call.headers.items()
-            if key not in _OWN_HEADERS and not any(c in value for c in "\r\n\0")
+            if key.lower() not in _OWN_HEADERS and not any(c in value for c in "\r\n\0")
         }
         headers["Accept"] = accept
         if route.body:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -23,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agentmesh.v1 import agent_pb2, agent_pb2_grpc
 from tests.integration.mesh import AgentUnderTest, Messages, agent_with_sidecar, raw_unary, unary
-from tests.integration.procs import free_port, wait_for
+from tests.integration.procs import EXAMPLES, free_port, wait_for
 
 SEARCH = "/research.v1.Researcher/Search"
 STREAM_DRAFT = "/writing.v1.Writer/StreamDraft"
@@ -423,9 +424,10 @@ def test_planner_chain_through_egress(
         )
 
 
-def test_http_egress_errors(logs: Path, researcher: AgentUnderTest) -> None:
+def test_http_egress(logs: Path, researcher: AgentUnderTest, writer: AgentUnderTest) -> None:
     targets = [
         {"name": "researcher", "address": researcher.ports.inbound_address},
+        {"name": "writer", "address": writer.ports.inbound_address},
         {"name": "ghost", "address": f"127.0.0.1:{free_port()}"},
     ]
     with agent_with_sidecar(logs, "writer", version="egress", targets=targets) as caller:
@@ -455,6 +457,68 @@ def test_http_egress_errors(logs: Path, researcher: AgentUnderTest) -> None:
         assert status == 503 and body["code"] == "unavailable"
         status, body = post("/researcher/research.v1.Researcher/Search", {"query": "__error__", "max_results": 1})
         assert status == 503
+
+        draft = json.dumps({"topic": "streams", "facts": ["one.", "two."], "chunk_delay_ms": 1}).encode()
+        for accept, parse in (
+            ("application/x-ndjson", lambda text: [json.loads(line) for line in text.splitlines() if line]),
+            ("text/event-stream", lambda text: [json.loads(e[len("data: ") :]) for e in text.split("\n\n") if e]),
+        ):
+            request = urllib.request.Request(
+                f"{base}/writer/writing.v1.Writer/StreamDraft", data=draft, headers={"Accept": accept}
+            )
+            with urllib.request.urlopen(request, timeout=20) as r:
+                assert r.headers["Content-Type"].startswith(accept)
+                chunks = parse(r.read().decode())
+            assert [c.get("index", 0) for c in chunks] == list(range(len(chunks))) and len(chunks) >= 2
+
+
+def test_generated_python_stub_client(tmp_path: Path, researcher: AgentUnderTest) -> None:
+    out = tmp_path / "client"
+    generated = subprocess.run(
+        ["agentmesh", "stubs", "-o", str(out), str(EXAMPLES / "researcher" / "researcher.proto")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert generated.returncode == 0, generated.stderr
+    client = (
+        "import grpc, sys, researcher_pb2 as pb, researcher_pb2_grpc as rpc\n"
+        f"stub = rpc.ResearcherStub(grpc.insecure_channel('{researcher.ports.inbound_address}'))\n"
+        "print(len(stub.Search(pb.SearchRequest(query='stubs work', max_results=2), timeout=10).findings))\n"
+        "try:\n"
+        "    stub.Search(pb.SearchRequest(query='no', max_results=2), timeout=10)\n"
+        "except grpc.RpcError as e:\n"
+        "    print(e.code().name)\n"
+    )
+    ran = subprocess.run([sys.executable, "-c", client], cwd=out, capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.split() == ["2", "INVALID_ARGUMENT"]
+
+
+def test_sidecar_check_lists_the_contract(researcher: AgentUnderTest) -> None:
+    checked = subprocess.run(
+        ["agentmesh", "sidecar", "--check", "--config", str(researcher.config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert checked.returncode == 0, checked.stderr
+    assert "/research.v1.Researcher/Search  research.v1.SearchRequest -> research.v1.SearchResponse" in checked.stdout
+
+
+def test_sidecar_refuses_a_contract_that_does_not_compile(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.proto"
+    broken.write_text('syntax = "proto3";\nservice S { rpc M(Missing) returns (Missing); }\n')
+    config = tmp_path / "agent.yaml"
+    config.write_text(
+        f"agent: {{name: broken}}\nupstream: {{url: 'http://127.0.0.1:1'}}\ncontract: {{protos: [{broken}]}}\n"
+    )
+    result = subprocess.run(
+        ["agentmesh", "sidecar", "--config", str(config)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 3
+    assert 'broken.proto:2:20: "Missing" is not defined' in result.stderr
+    assert 'broken.proto:2:37: "Missing" is not defined' in result.stderr
 
 
 def test_sigterm_drains_in_flight_calls(logs: Path, messages: Messages) -> None:

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 import grpc.aio
 import pytest
 from aiohttp import web
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 
 from sidecar.config.bootstrap import GrpcProbe, HealthCheck, HttpProbe, Upstream
 from sidecar.health import HealthProber
@@ -64,14 +65,14 @@ async def http_agent() -> AsyncIterator[HttpAgent]:
 
 @dataclass
 class GrpcAgent:
-    servicer: health.aio.HealthServicer
+    servicer: health_aio.HealthServicer
     server: grpc.aio.Server
     url: str
 
 
 @pytest.fixture
 async def grpc_agent() -> AsyncIterator[GrpcAgent]:
-    servicer = health.aio.HealthServicer()
+    servicer = health_aio.HealthServicer()
     server = grpc.aio.server()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")

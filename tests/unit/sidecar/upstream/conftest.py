@@ -34,7 +34,7 @@ def method(name: str) -> MethodContract:
 
 def request(name: str, fields: Mapping[str, object] | None = None) -> Message:
     """The method's request message, built from its proto3 JSON form."""
-    return json_format.ParseDict(fields or {}, method(name).request_class())
+    return json_format.ParseDict(dict(fields or {}), method(name).request_class())
 
 
 def make_call(

@@ -517,7 +517,7 @@ def test_sidecar_refuses_a_contract_that_does_not_compile(tmp_path: Path) -> Non
         ["agentmesh", "sidecar", "--config", str(config)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 3
-    assert 'broken.proto:2:20: "Missing" is not defined' in result.stderr
+    assert 'broken.proto:2:19: "Missing" is not defined' in result.stderr
     assert 'broken.proto:2:37: "Missing" is not defined' in result.stderr
 
 

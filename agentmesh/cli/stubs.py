@@ -12,10 +12,23 @@ from agentmesh.protoc import ProtoCompileError, generate_python_stubs
 
 @click.command()
 @click.argument("protos", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True, dir_okay=False))
-@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), default=Path("."),
-              show_default=True, help="Where the generated modules go.")
-@click.option("-I", "--include", "includes", multiple=True, type=click.Path(path_type=Path, file_okay=False),
-              help="Import path for the .proto files (repeatable); default: each file's folder.")
+@click.option(
+    "-o",
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("."),
+    show_default=True,
+    help="Where the generated modules go.",
+)
+@click.option(
+    "-I",
+    "--include",
+    "includes",
+    multiple=True,
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Import path for the .proto files (repeatable); default: each file's folder.",
+)
 def stubs(protos: tuple[Path, ...], out_dir: Path, includes: tuple[Path, ...]) -> None:
     """Generate Python gRPC stubs (with type stubs) for the given .proto files.
 

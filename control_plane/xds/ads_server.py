@@ -21,18 +21,22 @@ connection. Protocol, per stream and per type URL:
 - On a snapshot change, types go out in `PUSH_ORDER` (CDS, EDS, LDS, RDS) and
   only when the content selected for this stream changed, so a node whose
   resources did not change gets nothing.
-- An unknown type URL gets one empty response (this server holds no resources
-  of that type), a warning and a metric; other types and streams are
-  unaffected. A request without a type URL is ignored with a warning; a stream
-  whose first request has no `node.id` ends with INVALID_ARGUMENT.
+- A subscription to a type this server does not serve is answered with an
+  empty response (it holds no resources of that type: the consumer finishes
+  its initial fetch instead of waiting for a timeout), a warning and a
+  metric; other types and streams are unaffected.
+- A request without a type URL is ignored with a warning; a stream whose
+  first request has no `node.id` ends with INVALID_ARGUMENT.
 
-Delta xDS is not served (UNIMPLEMENTED); consumers fall back to or are
-configured for state of the world.
+When a node's snapshot is removed and there is no default, nothing is sent:
+consumers keep their last config. Delta xDS is not served (UNIMPLEMENTED);
+consumers are configured for state of the world.
 
 Metrics (on the registry passed in): `agentmesh_cp_connected_proxies`,
 `agentmesh_cp_push_duration_seconds{type}` (from the publication of a type's
 version, or the stream's subscription if later, to the node's ACK of it),
 `agentmesh_cp_nacks_total{type}`, `agentmesh_cp_ignored_requests_total{reason}`.
+One service per registry: the metrics are registered when it is built.
 """
 
 from __future__ import annotations

@@ -26,7 +26,6 @@ from sidecar.inbound.call import SOURCE_AGENT_HEADER, InboundCall
 from sidecar.inbound.chain import InboundChain
 from sidecar.status import abort
 
-
 # Manifests and reflection answers carry whole descriptor sets; they may exceed
 # the agent's message limit, which applies to what callers send.
 MAX_CONTROL_MESSAGE_BYTES = 64 * 1024 * 1024

@@ -8,7 +8,7 @@ NoRoute / UpstreamTimeout.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 
 import grpc
 
@@ -66,7 +66,7 @@ class Forwarder:
 
     async def stream(
         self, target: Target, path: str, request: bytes, *, metadata: Mapping[str, str], timeout: float | None
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         call = self._directory.channel(target.address).unary_stream(
             path, request_serializer=None, response_deserializer=None
         )

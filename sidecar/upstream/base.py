@@ -9,7 +9,7 @@ agent's answer: it returns the raw `Payload` and the contract filter checks it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -57,7 +57,7 @@ class UpstreamAdapter(Protocol):
         """Sends one request, returns the one response message."""
         ...
 
-    def stream(self, call: UpstreamCall) -> AsyncIterator[Payload]:
+    def stream(self, call: UpstreamCall) -> AsyncGenerator[Payload, None]:
         """Server streaming: yields each response message as it arrives.
 
         Close the iterator (`contextlib.aclosing`) when stopping early, so the

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from urllib.parse import urlsplit
 
 import grpc
@@ -84,7 +84,7 @@ class GrpcPassthroughAdapter:
             raise UpstreamUnavailable(f"gRPC call {call.method.path} to {self._target} failed: {exc}") from exc
         return Payload(response, "proto")
 
-    async def stream(self, call: UpstreamCall) -> AsyncIterator[Payload]:
+    async def stream(self, call: UpstreamCall) -> AsyncGenerator[Payload, None]:
         timeout = _timeout(call)
         callable_ = self._streaming.get(call.method.path)
         if callable_ is None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 from typing import Literal
 
 import aiohttp
@@ -137,7 +137,7 @@ class HttpJsonAdapter:
         except (aiohttp.ClientError, OSError) as exc:
             raise _unavailable(exc, self._base, call.method) from exc
 
-    async def stream(self, call: UpstreamCall) -> AsyncIterator[Payload]:
+    async def stream(self, call: UpstreamCall) -> AsyncGenerator[Payload, None]:
         route = self._route(call.method)
         target, body = route.build(call.request, proto_names=self._proto_names)
         headers = self._headers(call, route, accept=_STREAM_ACCEPT)

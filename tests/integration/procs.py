@@ -55,7 +55,9 @@ class Process:
 def start(name: str, argv: list[str], log_dir: Path, env: dict[str, str] | None = None) -> Process:
     log = log_dir / f"{name}.log"
     with log.open("wb") as handle:  # the child keeps its own descriptor
-        popen = subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=ROOT)
+        popen = subprocess.Popen(
+            argv, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=ROOT
+        )
     return Process(name, popen, log)
 
 

@@ -24,8 +24,12 @@ def errors(path: Path) -> list[str]:
 
 
 def test_minimal_config_gets_defaults(tmp_path: Path) -> None:
-    config = Bootstrap.load(write(tmp_path, "agent: {name: shop}\nupstream: {url: 'http://127.0.0.1:8000'}\n"
-                                            "contract: {protos: [shop.proto]}\n"))
+    config = Bootstrap.load(
+        write(
+            tmp_path,
+            "agent: {name: shop}\nupstream: {url: 'http://127.0.0.1:8000'}\ncontract: {protos: [shop.proto]}\n",
+        )
+    )
     assert config.listen.inbound == "127.0.0.1:15006" and config.listen.admin == "127.0.0.1:15000"
     assert config.limits.max_message_bytes == 4 * 1024 * 1024
     assert config.contract.protos == ((tmp_path / "shop.proto").resolve(),)

@@ -9,7 +9,9 @@ from sidecar.status import field_violations, rpc_status_of
 
 def test_contract_violation_carries_bad_request_and_error_info() -> None:
     exc = ContractViolation(
-        "request violates x", side="request", reason="rule_violation",
+        "request violates x",
+        side="request",
+        reason="rule_violation",
         violations=(FieldViolation("query", "must be at least 3 characters", "string.min_len"),),
     )
     status = rpc_status_of(exc)

@@ -67,7 +67,11 @@ def test_defaults_follow_the_documented_values() -> None:
             ("spec", "timeout"),
             "Value error, invalid duration 'soon': expected a number with a unit, e.g. '500ms', '5s', '2m'",
         ),
-        ({"target": "researcher", "timeout": "0s"}, ("spec", "timeout"), "Value error, duration must be greater than 0"),
+        (
+            {"target": "researcher", "timeout": "0s"},
+            ("spec", "timeout"),
+            "Value error, duration must be greater than 0",
+        ),
         (
             {"target": "researcher", "retries": {"retry_on": ["unavailable", "5xx"]}},
             ("spec", "retries", "retry_on", 1),
@@ -80,7 +84,10 @@ def test_defaults_follow_the_documented_values() -> None:
             "(e.g. 'research.v1.Researcher')",
         ),
         (
-            {"target": "researcher", "routes": [{"match": [{"headers": [{"name": "x-a", "exact": "1", "prefix": "2"}]}]}]},
+            {
+                "target": "researcher",
+                "routes": [{"match": [{"headers": [{"name": "x-a", "exact": "1", "prefix": "2"}]}]}],
+            },
             ("spec", "routes", 0, "match", 0, "headers", 0),
             "Value error, set exactly one of exact, prefix, regex, present",
         ),
@@ -112,7 +119,10 @@ def test_methods_accept_a_leading_slash_and_reject_other_shapes() -> None:
 
 def test_access_rule_spells_from_as_written() -> None:
     policy = AccessPolicy.model_validate(
-        {"metadata": {"name": "a"}, "spec": {"target": "researcher", "rules": [{"action": "allow", "from": {"teams": ["*"]}}]}}
+        {
+            "metadata": {"name": "a"},
+            "spec": {"target": "researcher", "rules": [{"action": "allow", "from": {"teams": ["*"]}}]},
+        }
     )
     rule = policy.spec.rules[0]
     assert rule.from_ is not None and rule.from_.anyone

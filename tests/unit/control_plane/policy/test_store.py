@@ -207,7 +207,9 @@ def test_concurrent_writers_get_distinct_versions(tmp_path: Path) -> None:
     def writer(index: int) -> None:
         try:
             for round_ in range(5):
-                results.append(store.apply([config(f"cfg-{index}", f"agent-{index}", n=str(round_))], author="t").version)
+                results.append(
+                    store.apply([config(f"cfg-{index}", f"agent-{index}", n=str(round_))], author="t").version
+                )
         except BaseException as exc:  # pragma: no cover - reported below
             failures.append(exc)
 

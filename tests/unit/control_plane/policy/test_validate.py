@@ -120,7 +120,11 @@ def test_yaml_syntax_error_and_missing_paths(tmp_path: Path) -> None:
 
 def test_directories_are_read_recursively_in_name_order(tmp_path: Path) -> None:
     (tmp_path / "b").mkdir()
-    write(tmp_path / "b", "z.yml", "apiVersion: agentmesh.io/v1\nkind: AgentConfig\nmetadata: {name: z}\nspec: {target: writer}\n")
+    write(
+        tmp_path / "b",
+        "z.yml",
+        "apiVersion: agentmesh.io/v1\nkind: AgentConfig\nmetadata: {name: z}\nspec: {target: writer}\n",
+    )
     write(
         tmp_path,
         "a.yaml",
@@ -260,7 +264,8 @@ def test_unknown_agent_target_is_only_a_warning() -> None:
 
 def test_service_with_no_implementation_is_a_warning() -> None:
     documents, _ = parse_documents(
-        "apiVersion: agentmesh.io/v1\nkind: TrafficPolicy\nmetadata: {name: x}\nspec: {target: translate.v1.Translator}\n",
+        "apiVersion: agentmesh.io/v1\nkind: TrafficPolicy\nmetadata: {name: x}\n"
+        "spec: {target: translate.v1.Translator}\n",
         "x.yaml",
     )
     report = validate_documents(documents, registry=REGISTRY)

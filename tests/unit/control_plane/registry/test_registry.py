@@ -227,6 +227,7 @@ async def test_a_cancelled_wait_leaves_no_waiter_behind():
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiter
+    assert not reg._waiters
     reg.register(agent="a", version="v1", address="127.0.0.1:1")
 
     assert reg.revision == 1

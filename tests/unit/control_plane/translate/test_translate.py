@@ -159,7 +159,10 @@ def test_cluster_without_policy_gets_the_defaults(resources: Resources) -> None:
     assert not cluster.HasField("outlier_detection")
     thresholds = cluster.circuit_breakers.thresholds[0]
     assert not thresholds.HasField("max_requests")
-    assert (thresholds.retry_budget.budget_percent.value, thresholds.retry_budget.min_retry_concurrency.value) == (20, 3)
+    assert (thresholds.retry_budget.budget_percent.value, thresholds.retry_budget.min_retry_concurrency.value) == (
+        20,
+        3,
+    )
 
 
 @pytest.mark.parametrize(
@@ -258,7 +261,11 @@ def test_bad_addresses_are_left_out_with_a_note() -> None:
 def test_agent_route_config_canary_pins_and_beta_route(resources: Resources) -> None:
     config = resources.routes["agent/researcher"]
     host = config.virtual_hosts[0]
-    assert (config.name, host.name, list(host.domains)) == ("agent/researcher", "agent/researcher", ["researcher", "researcher:*"])
+    assert (config.name, host.name, list(host.domains)) == (
+        "agent/researcher",
+        "agent/researcher",
+        ["researcher", "researcher:*"],
+    )
     names = [r.name for r in host.routes]
     # Summon is not idempotent: every route that retries and covers it is preceded by one that does not retry.
     assert names == [
@@ -396,7 +403,13 @@ def test_service_split_across_agents_divides_an_agents_share_over_its_versions()
         "target": RESEARCH,
         "split": [{"agent": "researcher", "weight": 60}, {"agent": "writer", "weight": 40}],
         "retries": {"attempts": 3},
-        "routes": [{"name": "pinned", "match": [{"method": SEARCH}], "split": [{"agent": "writer", "version": "v2", "weight": 100}]}],
+        "routes": [
+            {
+                "name": "pinned",
+                "match": [{"method": SEARCH}],
+                "split": [{"agent": "writer", "version": "v2", "weight": 100}],
+            }
+        ],
     }
     resources = translate([policy("TrafficPolicy", spec, name="s")], example_mesh())
     names = [r.name for r in routes_of(resources, f"service/{RESEARCH}")]

@@ -67,13 +67,17 @@ def snapshot_v(version: str, *ports: int) -> Snapshot:
     return agent_snapshot(version, endpoints={"v1": list(ports) or [7001]})
 
 
-async def synced(client: AdsClient, count: int = 4) -> dict[str, Any]:
-    """Reads `count` responses and ACKs each; returns them by type URL."""
+async def synced(xds: Harness, client: AdsClient, count: int = 4) -> dict[str, Any]:
+    """Reads `count` responses and ACKs each, until the tracker has every ACK; returns them by type URL."""
     responses = {}
     for _ in range(count):
         response = await client.recv()
         await client.ack(response)
         responses[response.type_url] = response
+    node_id = client.node.id
+    await eventually(
+        lambda: all(xds.tracker.status(node_id, t) is SyncStatus.SYNCED for t in responses), f"{node_id} SYNCED"
+    )
     return responses
 
 
@@ -82,7 +86,7 @@ async def test_initial_requests_are_answered_per_type_and_acks_sync(xds: Harness
     client = xds.connect("planner-1")
 
     await client.subscribe_all()
-    responses = await synced(client)
+    responses = await synced(xds, client)
 
     assert set(responses) == set(ALL_TYPES)
     assert {r.version_info for r in responses.values()} == {"1"}
@@ -102,10 +106,10 @@ async def test_changes_go_out_clusters_and_endpoints_first_and_only_for_changed_
     xds.cache.set_snapshot("n", snapshot_v("1"))
     client = xds.connect("n")
     await client.subscribe_all()
-    await synced(client)
+    await synced(xds, client)
 
     xds.cache.set_snapshot("n", agent_snapshot("2", agent="writer", endpoints={"v1": [7001], "v2": [7002]}))
-    pushed = await synced(client)
+    pushed = await synced(xds, client)
     assert list(pushed) == [CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE]
     assert {r.version_info for r in pushed.values()} == {"2"}
 
@@ -125,7 +129,7 @@ async def test_nack_is_recorded_counted_and_not_resent(xds: Harness):
     xds.cache.set_snapshot("n", snapshot_v("1"))
     client = xds.connect("n")
     await client.subscribe_all()
-    await synced(client)
+    await synced(xds, client)
 
     xds.cache.set_snapshot("n", agent_snapshot("2", endpoints={"v1": [7001]}, weights={"v1": 1}, regex="(bad"))
     route = await client.recv()

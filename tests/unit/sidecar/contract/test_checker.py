@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 
 from sidecar.contract import ContractSet, MessageChecker
@@ -11,7 +14,7 @@ def checker() -> MessageChecker:
     return MessageChecker()
 
 
-def violation(call) -> ContractViolation:  # type: ignore[no-untyped-def]
+def violation(call: Callable[[], object]) -> ContractViolation:
     with pytest.raises(ContractViolation) as info:
         call()
     return info.value
@@ -35,7 +38,8 @@ def test_rule_violations_name_nested_fields(shop: ContractSet, checker: MessageC
 
 def test_unknown_fields_are_found_at_any_depth(shop: ContractSet, checker: MessageChecker) -> None:
     method = shop.method("/shop.v1.Shop/Order")
-    line = method.request_class(lines=[{"sku": "a", "quantity": 1}]).lines[0].SerializeToString()
+    order: Any = method.request_class(lines=[{"sku": "a", "quantity": 1}])
+    line = order.lines[0].SerializeToString()
     nested_unknown = line + b"\xf8\x01\x01"  # field 31 inside the Line
     # OrderRequest.lines (field 1, length-delimited) holding a Line with an unknown field,
     # plus an unknown field 15 at the top level.
@@ -47,7 +51,7 @@ def test_unknown_fields_are_found_at_any_depth(shop: ContractSet, checker: Messa
 
 def test_unknown_fields_inside_map_values(shop: ContractSet, checker: MessageChecker) -> None:
     method = shop.method("/shop.v1.Shop/Order")
-    request = method.request_class(lines=[{"sku": "a", "quantity": 1}])
+    request: Any = method.request_class(lines=[{"sku": "a", "quantity": 1}])
     request.by_name["x"].sku = "b"
     request.by_name["x"].quantity = 1
     request.by_name["x"].MergeFromString(b"\xf8\x01\x01")  # unknown field 31 in the map value
@@ -76,7 +80,9 @@ def test_response_violations_are_internal(shop: ContractSet, checker: MessageChe
         (b"[1, 2]", "invalid_json", None),
     ],
 )
-def test_json_problems(shop: ContractSet, checker: MessageChecker, payload: bytes, reason: str, field: str | None) -> None:
+def test_json_problems(
+    shop: ContractSet, checker: MessageChecker, payload: bytes, reason: str, field: str | None
+) -> None:
     error = violation(lambda: checker.from_json(shop.method("/shop.v1.Shop/GetItem"), payload, side="response"))
     assert error.reason == reason
     if field is not None:

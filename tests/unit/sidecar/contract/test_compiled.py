@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from google.protobuf import descriptor_pb2
 
@@ -34,7 +36,7 @@ def test_unknown_method_names_the_services(shop: ContractSet) -> None:
 
 
 def test_unknown_service_is_a_clear_error(shop: ContractSet) -> None:
-    with pytest.raises(ValueError, match="service 'shop.v1.Nope' is not defined"):
+    with pytest.raises(ValueError, match=r"service .shop\.v1\.Nope. is not defined"):
         ContractSet.compile(shop.descriptor_set, services=["shop.v1.Nope"])
 
 
@@ -45,7 +47,7 @@ def test_a_contract_without_services_is_refused() -> None:
         ContractSet.compile(empty)
 
 
-def test_protoc_errors_carry_file_and_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_protoc_errors_carry_file_and_line(tmp_path: Path) -> None:
     broken = tmp_path / "broken.proto"
     broken.write_text('syntax = "proto3";\nmessage X {\n  strng a = 1;\n}\n')
     with pytest.raises(ProtoCompileError, match=r"broken.proto:3:3: \"strng\" is not defined"):

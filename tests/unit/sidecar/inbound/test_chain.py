@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 
+import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -16,8 +17,6 @@ from sidecar.inbound.chain import Admission, InboundChain
 from sidecar.stats import SidecarStats
 from sidecar.upstream.base import Payload, UpstreamCall
 from tests.unit.sidecar.contract.conftest import SHOP_PROTO
-
-import grpc
 
 
 class FakeAdapter:
@@ -34,7 +33,7 @@ class FakeAdapter:
             raise self.error
         return self.payloads[0]
 
-    async def stream(self, call: UpstreamCall) -> AsyncIterator[Payload]:
+    async def stream(self, call: UpstreamCall) -> AsyncGenerator[Payload, None]:
         self.calls.append(call)
         for payload in self.payloads:
             yield payload
@@ -99,8 +98,13 @@ async def test_valid_call_reaches_the_agent_with_headers_and_deadline(tmp_path: 
     adapter = FakeAdapter(Payload(b'{"id": "a1", "price": 3.5}', "json"))
     chain, contract, stats, _ = make_chain(tmp_path, adapter)
     reply = await chain.unary(
-        call(contract, "/shop.v1.Shop/GetItem", {"id": "a1"}, metadata={"traceparent": "00-abc-def-01", "other": "x"},
-             time_remaining=2.5)
+        call(
+            contract,
+            "/shop.v1.Shop/GetItem",
+            {"id": "a1"},
+            metadata={"traceparent": "00-abc-def-01", "other": "x"},
+            time_remaining=2.5,
+        )
     )
     assert reply.message.price == 3.5  # type: ignore[attr-defined]
     (sent,) = adapter.calls

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -101,8 +101,8 @@ async def adapter(agent: FakeGrpcAgent) -> AsyncIterator[GrpcPassthroughAdapter]
     await made.aclose()
 
 
-async def collect(stream: AsyncIterator[Payload], into: list[Payload]) -> list[Payload]:
-    async with contextlib.aclosing(stream):  # type: ignore[type-var]
+async def collect(stream: AsyncGenerator[Payload, None], into: list[Payload]) -> list[Payload]:
+    async with contextlib.aclosing(stream):
         async for payload in stream:
             into.append(payload)
     return into
@@ -292,7 +292,7 @@ async def test_cancelling_the_caller_mid_stream_cancels_the_rpc(
 async def test_closing_the_stream_early_cancels_the_rpc(agent: FakeGrpcAgent, adapter: GrpcPassthroughAdapter) -> None:
     agent.stream = endless
     stream = adapter.stream(make_call("Chat"))
-    async with contextlib.aclosing(stream):  # type: ignore[type-var]
+    async with contextlib.aclosing(stream):
         assert await anext(stream) == Payload(chunk(0), "proto")
     await asyncio.wait_for(agent.cancelled.wait(), 10)
 

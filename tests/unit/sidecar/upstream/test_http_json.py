@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 import grpc
 import pytest
@@ -67,8 +67,8 @@ def streamed(*pieces: bytes, content_type: str = "text/event-stream", stall: boo
     return handler
 
 
-async def collect(stream: AsyncIterator[Payload], into: list[Payload]) -> list[Payload]:
-    async with contextlib.aclosing(stream):  # type: ignore[type-var]
+async def collect(stream: AsyncGenerator[Payload, None], into: list[Payload]) -> list[Payload]:
+    async with contextlib.aclosing(stream):
         async for payload in stream:
             into.append(payload)
     return into
@@ -595,7 +595,7 @@ async def test_closing_the_stream_early_disconnects(agent: FakeAgent, make_adapt
     agent.handler = endless
     adapter = make_adapter(agent.upstream)
     stream = adapter.stream(make_call("Chat"))
-    async with contextlib.aclosing(stream):  # type: ignore[type-var]
+    async with contextlib.aclosing(stream):
         assert bodies([await anext(stream)]) == [{"index": 0}]
     await asyncio.wait_for(agent.disconnected.wait(), 10)
 

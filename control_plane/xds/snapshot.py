@@ -114,54 +114,64 @@ class Snapshot:
     takes, per type URL, resource name -> message or packed `Any`; each name must
     equal the resource's own name (`name`, or `cluster_name` for a
     `ClusterLoadAssignment`). `Snapshot.from_resources(version, [messages])`
-    infers both. Types absent from the mapping hold no resources.
+    infers both. Types absent from the mapping hold no resources. The packed
+    resources it hands out are shared: treat them as read-only.
     """
 
-    __slots__ = ("_digests", "_resources", "_type_digests", "_version")
+    __slots__ = ("_digests", "_problems", "_resources", "_type_digests", "_version")
 
     def __init__(
         self, version: str, resources: Mapping[str, Mapping[str, Message | any_pb2.Any]] | None = None
     ) -> None:
-        if not version:
-            raise ValueError("a snapshot needs a non-empty version")
-        packed: dict[str, Mapping[str, any_pb2.Any]] = {}
-        digests: dict[str, Mapping[str, str]] = {}
-        type_digests: dict[str, str] = {}
         given = resources or {}
         for type_url in given:
             if type_url not in _RESOURCE_TYPES:
                 raise ValueError(f"unsupported resource type {type_url!r}")
-        for type_url in _RESOURCE_TYPES:
-            by_name: dict[str, any_pb2.Any] = {}
-            for key, resource in given.get(type_url, {}).items():
+        packed: dict[str, dict[str, any_pb2.Any]] = {}
+        for type_url, by_key in given.items():
+            packed[type_url] = {}
+            for key, resource in by_key.items():
                 name, value = _pack(type_url, resource)
                 if name != key:
                     raise ValueError(f"{type_url} resource is named {name!r} but filed under {key!r}")
-                by_name[name] = value
-            packed[type_url] = MappingProxyType(by_name)
+                packed[type_url][name] = value
+        self._init(version, packed)
+
+    @classmethod
+    def from_resources(cls, version: str, resources: Iterable[Message | any_pb2.Any]) -> Snapshot:
+        """Builds a snapshot from resources of any served type, names taken from the resources."""
+        packed: dict[str, dict[str, any_pb2.Any]] = {}
+        for resource in resources:
+            type_url = resource.type_url if isinstance(resource, any_pb2.Any) else type_url_of(resource)
+            if type_url not in _RESOURCE_TYPES:
+                raise ValueError(f"unsupported resource type {type_url!r}")
+            name, value = _pack(type_url, resource)
+            by_name = packed.setdefault(type_url, {})
+            if name in by_name:
+                raise ValueError(f"duplicate {type_url} resource {name!r}")
+            by_name[name] = value
+        snapshot = cls.__new__(cls)
+        snapshot._init(version, packed)
+        return snapshot
+
+    def _init(self, version: str, packed: Mapping[str, dict[str, any_pb2.Any]]) -> None:
+        if not version:
+            raise ValueError("a snapshot needs a non-empty version")
+        resources: dict[str, Mapping[str, any_pb2.Any]] = {}
+        digests: dict[str, Mapping[str, str]] = {}
+        type_digests: dict[str, str] = {}
+        for type_url in _RESOURCE_TYPES:
+            by_name = packed.get(type_url, {})
+            resources[type_url] = MappingProxyType(by_name)
             digests[type_url] = MappingProxyType(
                 {name: hashlib.sha256(value.value).hexdigest() for name, value in by_name.items()}
             )
             type_digests[type_url] = selection_digest(digests[type_url].items())
         self._version = version
-        self._resources: Mapping[str, Mapping[str, any_pb2.Any]] = MappingProxyType(packed)
+        self._resources: Mapping[str, Mapping[str, any_pb2.Any]] = MappingProxyType(resources)
         self._digests: Mapping[str, Mapping[str, str]] = MappingProxyType(digests)
         self._type_digests: Mapping[str, str] = MappingProxyType(type_digests)
-
-    @classmethod
-    def from_resources(cls, version: str, resources: Iterable[Message | any_pb2.Any]) -> Snapshot:
-        """Builds a snapshot from resources of any served type, names taken from the resources."""
-        grouped: dict[str, dict[str, Message | any_pb2.Any]] = {}
-        for resource in resources:
-            type_url = resource.type_url if isinstance(resource, any_pb2.Any) else type_url_of(resource)
-            if type_url not in _RESOURCE_TYPES:
-                raise ValueError(f"unsupported resource type {type_url!r}")
-            name, _ = _pack(type_url, resource)
-            by_name = grouped.setdefault(type_url, {})
-            if name in by_name:
-                raise ValueError(f"duplicate {type_url} resource {name!r}")
-            by_name[name] = resource
-        return cls(version, grouped)
+        self._problems: tuple[str, ...] | None = None
 
     @property
     def version(self) -> str:
@@ -187,7 +197,10 @@ class Snapshot:
 
     def consistency_errors(self) -> list[str]:
         """Every dangling reference in the snapshot; empty when it is safe to publish."""
-        return _Checker(self).run()
+        if self._problems is None:
+            # Immutable, so checked once however many nodes it is published to.
+            self._problems = tuple(_Checker(self).run())
+        return list(self._problems)
 
     def check_consistent(self) -> None:
         """Raises InconsistentSnapshotError unless `consistency_errors()` is empty."""

@@ -282,6 +282,7 @@ async def test_grpc_proxyless_client_follows_splits_health_and_survives_a_nack(
     assert cp.registry.get_sample_value("agentmesh_cp_nacks_total", {"type": "rds"}) == 1
     still = await client.batch(20)
     assert still.all_from("v1-b"), still
+    assert cp.registry.get_sample_value("agentmesh_cp_nacks_total", {"type": "rds"}) == 1  # not resent in a loop
 
     # A good snapshot afterwards is accepted again.
     cp.cache.set_snapshot(client.node_id, researcher("5", backends, weights={"v1": 0, "v2": 100}))

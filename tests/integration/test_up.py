@@ -17,20 +17,14 @@ from tests.integration.procs import AGENTMESH, ROOT, free_port, start, wait_for
 def test_up_starts_the_mesh_and_stops_it_cleanly(tmp_path: Path) -> None:
     ports = {name: SidecarPorts() for name in ("researcher", "writer", "planner")}
     agent_ports = {name: free_port() for name in ports}
+    planner_targets = [{"name": t, "address": ports[t].inbound_address} for t in ("researcher", "writer")]
     configs = {
-        name: write_config(
-            tmp_path,
-            name,
-            agent_port=agent_ports[name],
-            ports=ports[name],
-            **(
-                {"targets": [{"name": t, "address": ports[t].inbound_address} for t in ("researcher", "writer")]}
-                if name == "planner"
-                else {}
-            ),
-        )
-        for name in ports
+        name: write_config(tmp_path, name, agent_port=agent_ports[name], ports=ports[name])
+        for name in ("researcher", "writer")
     }
+    configs["planner"] = write_config(
+        tmp_path, "planner", agent_port=agent_ports["planner"], ports=ports["planner"], targets=planner_targets
+    )
     mesh = {
         "agents": [
             {

@@ -48,7 +48,12 @@ async def test_stop_reaches_grandchildren_and_leaves_nothing_running(tmp_path: P
 
 
 async def test_process_ignoring_sigterm_is_killed_after_grace(tmp_path: Path) -> None:
-    script = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('ready', flush=True)\ntime.sleep(600)\n"
+    script = (
+        "import signal, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(600)\n"
+    )
     log = tmp_path / "stubborn.log"
     supervisor = Supervisor()
     stubborn = Supervised("stubborn", [sys.executable, "-c", script], tmp_path, log_path=log)

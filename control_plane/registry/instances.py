@@ -70,6 +70,8 @@ class AgentInstance:
     last_heartbeat: float
     registered_at: float
     manifest: bytes | None = field(default=None, repr=False)
+    # Locality zone (EDS locality); "" when the instance did not say.
+    zone: str = ""
 
     @property
     def host(self) -> str:

@@ -89,6 +89,7 @@ class Registry:
         services: Iterable[str] = (),
         manifest: bytes | None = None,
         healthy: bool = True,
+        zone: str = "",
         instance_id: str | None = None,
     ) -> AgentInstance:
         """Adds or refreshes an instance (registration counts as a heartbeat); raises RegistryError."""
@@ -104,6 +105,7 @@ class Registry:
             last_heartbeat=self._clock(),
             registered_at=self._clock(),
             manifest=manifest,
+            zone=zone,
         )
         for other in list(self._instances.values()):
             if other.address == address and other.instance_id != instance.instance_id:

@@ -27,7 +27,7 @@ class PeerStatus(MeshError):
         super().__init__(error.details() or error.code().name)
         self.code = error.code()
         self.reason = f"peer_{self.code.name.lower()}"
-        self.trailing_metadata = error.trailing_metadata()
+        self.trailing_metadata = tuple(error.trailing_metadata() or ())
         details = status_from_error(error)
         self.violations = tuple(field_violations(details)) if details else ()
 

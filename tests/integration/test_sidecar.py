@@ -19,12 +19,13 @@ import grpc
 import pytest
 from google.protobuf import json_format, struct_pb2
 from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from prometheus_client.parser import text_string_to_metric_families
 
 from agentmesh.v1 import agent_pb2, agent_pb2_grpc
-from tests.integration.mesh import AgentUnderTest, Messages, agent_with_sidecar, raw_unary, unary
-from tests.integration.procs import EXAMPLES, free_port, wait_for
+from tests.integration.mesh import AgentUnderTest, Messages, agent_argv, agent_with_sidecar, raw_unary, unary
+from tests.integration.procs import EXAMPLES, free_port, http_ok, start, wait_for
 
 SEARCH = "/research.v1.Researcher/Search"
 STREAM_DRAFT = "/writing.v1.Writer/StreamDraft"
@@ -546,3 +547,86 @@ def test_sigterm_drains_in_flight_calls(logs: Path, messages: Messages) -> None:
         thread.join(30)
         assert "reply" in results, results.get("error")
         assert agent.sidecar.popen.wait(30) == 0
+
+
+def test_grpc_egress_routes_by_service_and_target(
+    logs: Path, researcher: AgentUnderTest, writer: AgentUnderTest, messages: Messages
+) -> None:
+    targets = [
+        {"name": "researcher", "address": researcher.ports.inbound_address},
+        {"name": "writer", "address": writer.ports.inbound_address},
+    ]
+    with (
+        agent_with_sidecar(logs, "planner", version="grpc-egress", targets=targets) as caller,
+        grpc.insecure_channel(f"127.0.0.1:{caller.ports.egress_grpc}") as egress,
+    ):
+        # By capability: the service names the agent that implements it.
+        reply = search(messages, egress, "via egress")
+        assert len(reply.findings) == 3  # type: ignore[attr-defined]
+        # Narrowed to one agent by metadata.
+        reply = search(messages, egress, "narrowed", metadata=(("x-agentmesh-target", "researcher"),))
+        assert len(reply.findings) == 3  # type: ignore[attr-defined]
+        error = rpc_error(lambda: search(messages, egress, metadata=(("x-agentmesh-target", "writer"),)))
+        assert error.code() == grpc.StatusCode.UNIMPLEMENTED and "does not implement" in str(error.details())
+        error = rpc_error(lambda: search(messages, egress, metadata=(("x-agentmesh-target", "nobody"),)))
+        assert error.code() == grpc.StatusCode.NOT_FOUND
+        # The target's contract errors come back with their field details.
+        error = rpc_error(lambda: search(messages, egress, "no"))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "query" in bad_request_fields(error)
+        error = rpc_error(lambda: raw_unary(egress, "/nothing.v1.Nobody/Call", b"", timeout=5))
+        assert error.code() == grpc.StatusCode.UNAVAILABLE and "no known agent implements" in str(error.details())
+        # Streams pass through the egress too.
+        chunk_cls = messages.cls("writing.v1.DraftChunk")
+        stream = egress.unary_stream(
+            STREAM_DRAFT, request_serializer=lambda m: m.SerializeToString(), response_deserializer=chunk_cls.FromString
+        )
+        chunks = list(stream(messages("writing.v1.DraftRequest", topic="egress", facts=["a.", "b."]), timeout=20))
+        assert len(chunks) >= 2
+        assert (
+            metric_value(
+                caller.ports.admin_url,
+                "agentmesh_requests_total",
+                direction="outbound",
+                destination_agent="writer",
+                rpc_method=STREAM_DRAFT,
+                grpc_code="OK",
+            )
+            == 1
+        )
+
+
+def test_health_follows_the_agent_down_and_back(logs: Path, messages: Messages) -> None:
+    with agent_with_sidecar(logs, "researcher", version="flaky") as agent:
+        assert agent.agent is not None
+        health = health_pb2_grpc.HealthStub(grpc.insecure_channel(agent.ports.inbound_address))
+
+        def status() -> int:
+            return int(health.Check(health_pb2.HealthCheckRequest(service="research.v1.Researcher"), timeout=2).status)
+
+        assert status() == health_pb2.HealthCheckResponse.SERVING
+        agent.agent.stop()
+        wait_for(lambda: status() == health_pb2.HealthCheckResponse.NOT_SERVING, what="NOT_SERVING")
+        assert not http_ok(f"{agent.ports.admin_url}/readyz")
+        with grpc.insecure_channel(agent.ports.inbound_address) as ch:
+            assert rpc_error(lambda: search(messages, ch)).code() == grpc.StatusCode.UNAVAILABLE
+            agent.agent = start("agent-researcher-flaky-again", agent_argv("researcher", agent.agent_port), logs)
+            wait_for(lambda: status() == health_pb2.HealthCheckResponse.SERVING, what="SERVING again")
+            assert http_ok(f"{agent.ports.admin_url}/readyz")
+            assert_still_serving(messages, ch)
+
+
+def test_concurrency_limit(logs: Path, messages: Messages) -> None:
+    limits = {"max_concurrent_calls": 2, "drain_timeout": "1s"}
+    with (
+        agent_with_sidecar(logs, "researcher", version="limited", limits=limits) as agent,
+        grpc.insecure_channel(agent.ports.inbound_address) as ch,
+    ):
+        request = messages("research.v1.SearchRequest", query="__slow__", max_results=1)
+        call = ch.unary_unary(SEARCH, request_serializer=lambda m: m.SerializeToString(), response_deserializer=None)
+        slow = [call.future(request, timeout=3) for _ in range(2)]
+        wait_for(lambda: metric_value(agent.ports.admin_url, "agentmesh_requests_in_flight") == 2, what="2 in flight")
+        error = rpc_error(lambda: search(messages, ch))
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        for future in slow:
+            assert future.exception() is not None  # the agent sleeps past the 3 s deadline
+        assert_still_serving(messages, ch)

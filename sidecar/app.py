@@ -20,9 +20,11 @@ import grpc
 from google.protobuf import descriptor_pb2, json_format
 
 from agentmesh.protoc import ProtoCompileError, compile_descriptor_set
+from agentmesh.telemetry.tracing import configure_tracing, shutdown_tracing
 from agentmesh.v1 import manifest_pb2
 from sidecar.admin.server import AdminServer
 from sidecar.config.bootstrap import Bootstrap
+from sidecar.config.registration import Registrar
 from sidecar.contract import ContractSet, MessageChecker
 from sidecar.contract.compiled import normalize_method
 from sidecar.contract.manifest import build_manifest
@@ -68,6 +70,14 @@ def _split(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _advertised(listen: str, port: int) -> str:
+    """The address others reach a listener at: its host (loopback for a wildcard) and the bound port."""
+    host, _ = _split(listen)
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 @dataclass(frozen=True)
 class Ports:
     inbound: int
@@ -110,7 +120,7 @@ class Sidecar:
         )
         self._prober = HealthProber(bootstrap.health, bootstrap.upstream, on_change=self._agent_health_changed)
         self.targets = TargetDirectory(bootstrap.targets, channel_options=channel_options(bootstrap.limits))
-        forwarder = Forwarder(self.targets, agent=agent.name, team=agent.team)
+        forwarder = Forwarder(self.targets, agent=agent.name, team=agent.team, version=agent.version)
         self._egress_grpc = grpc.aio.server(options=server_options(bootstrap.limits))
         self._egress_grpc.add_generic_rpc_handlers(
             (EgressGrpcHandler(directory=self.targets, forwarder=forwarder, stats=self.stats, agent=agent.name),)
@@ -135,6 +145,7 @@ class Sidecar:
             readiness=self.readiness,
         )
         self._tasks: list[asyncio.Task[None]] = []
+        self.registrar: Registrar | None = None
 
     def readiness(self) -> tuple[bool, str]:
         if self.admission.draining:
@@ -173,6 +184,8 @@ class Sidecar:
         self.stats.set_upstream_healthy(healthy)
         if not self.admission.draining:
             self._tasks.append(asyncio.ensure_future(self.inbound.set_serving(healthy)))
+        if self.registrar is not None:
+            self.registrar.health_changed()
 
     async def start(self) -> Ports:
         listen = self.bootstrap.listen
@@ -186,6 +199,17 @@ class Sidecar:
         admin = await self._admin.start()
         self._tasks.append(asyncio.ensure_future(self._prober.run()))
         ports = Ports(inbound, egress_grpc, egress_http, admin)
+        link = self.bootstrap.control_plane
+        if link is not None:
+            self.registrar = Registrar(
+                control_plane=link.address,
+                manifest=self.manifest,
+                address=link.advertise_address or _advertised(listen.inbound, inbound),
+                admin_address=_advertised(listen.admin, admin),
+                zone=link.zone,
+                healthy=lambda: self.admission.agent_healthy and not self.admission.draining,
+            )
+            self._tasks.append(asyncio.ensure_future(self.registrar.run()))
         log.info(
             "sidecar ready",
             extra={
@@ -200,6 +224,8 @@ class Sidecar:
         """Drains in-flight calls, then closes everything."""
         self.admission.draining = True
         self.admission.reason = "draining"
+        if self.registrar is not None:
+            self.registrar.health_changed()  # the control plane stops routing here first
         with contextlib.suppress(Exception):
             await self.inbound.set_serving(False)
         grace = self.bootstrap.limits.drain_timeout
@@ -209,11 +235,17 @@ class Sidecar:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.gather(self._admin.stop(), self._upstream.aclose(), self.targets.close())
+        shutdown_tracing()
         log.info("sidecar stopped")
 
 
 async def run(bootstrap: Bootstrap, *, config_path: Path | None = None) -> None:
     """Runs a sidecar until SIGTERM or SIGINT, then drains and stops."""
+    agent = bootstrap.agent
+    configure_tracing(
+        "agentmesh-sidecar",
+        attributes={"agentmesh.agent": agent.name, "agentmesh.version": agent.version, "agentmesh.team": agent.team},
+    )
     sidecar = Sidecar(bootstrap, config_path=config_path)
     await sidecar.start()
     stop = asyncio.Event()

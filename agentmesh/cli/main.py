@@ -5,6 +5,11 @@ from __future__ import annotations
 import click
 
 from agentmesh import __version__
+from agentmesh.cli.agents import agents
+from agentmesh.cli.check import check
+from agentmesh.cli.control_plane import control_plane
+from agentmesh.cli.policy import policy
+from agentmesh.cli.proxy_status import proxy_status
 from agentmesh.cli.sidecar import sidecar
 from agentmesh.cli.stubs import stubs
 from agentmesh.cli.up import up
@@ -21,6 +26,11 @@ def cli() -> None:
     """
 
 
+cli.add_command(control_plane)
 cli.add_command(sidecar)
 cli.add_command(stubs)
 cli.add_command(up)
+cli.add_command(policy)
+cli.add_command(agents)
+cli.add_command(proxy_status)
+cli.add_command(check)

@@ -72,6 +72,8 @@ class AgentInstance:
     manifest: bytes | None = field(default=None, repr=False)
     # Locality zone (EDS locality); "" when the instance did not say.
     zone: str = ""
+    # host:port of the sidecar's admin endpoint, for Prometheus discovery; "" when unknown.
+    admin_address: str = ""
 
     @property
     def host(self) -> str:

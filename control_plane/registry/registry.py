@@ -91,6 +91,7 @@ class Registry:
         healthy: bool = True,
         zone: str = "",
         instance_id: str | None = None,
+        admin_address: str = "",
     ) -> AgentInstance:
         """Adds or refreshes an instance (registration counts as a heartbeat); raises RegistryError."""
         split_address(address)
@@ -106,6 +107,7 @@ class Registry:
             registered_at=self._clock(),
             manifest=manifest,
             zone=zone,
+            admin_address=admin_address,
         )
         for other in list(self._instances.values()):
             if other.address == address and other.instance_id != instance.instance_id:

@@ -192,6 +192,16 @@ class StaticTarget(_Strict):
     address: Address
 
 
+class ControlPlaneLink(_Strict):
+    """Where the control plane is; without it the sidecar runs on static targets only."""
+
+    address: Address
+    # host:port other sidecars and proxies use to reach this inbound listener;
+    # default: the inbound listen address (127.0.0.1 when it listens on all interfaces).
+    advertise_address: Address | None = None
+    zone: str = ""
+
+
 class Telemetry(_Strict):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = True
@@ -207,6 +217,7 @@ class Bootstrap(_Strict):
     listen: Listen = Listen()
     limits: Limits = Limits()
     targets: tuple[StaticTarget, ...] = ()
+    control_plane: ControlPlaneLink | None = None
     telemetry: Telemetry = Telemetry()
 
     @model_validator(mode="after")

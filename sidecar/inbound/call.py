@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf.message import Message
+from opentelemetry.context import Context
 
 from sidecar.contract import MethodContract
 
-# Metadata keys the sidecar passes to the agent unchanged.
-PROPAGATED_HEADERS = ("traceparent", "tracestate", "baggage")
 SOURCE_AGENT_HEADER = "x-agentmesh-source-agent"
 SOURCE_TEAM_HEADER = "x-agentmesh-source-team"
 
@@ -31,7 +30,8 @@ class InboundCall:
     time_remaining: float | None
     source_agent: str = "unknown"
     request: Message | None = None
-    attributes: dict[str, Any] = field(default_factory=dict)
+    # The SERVER span's context, set when the call enters the chain.
+    trace_context: Context | None = None
 
 
 @dataclass(frozen=True, slots=True)

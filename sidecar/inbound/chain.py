@@ -1,7 +1,7 @@
 """The inbound chain, in path order:
 
-    admission (draining, agent down) → contract(in) → upstream adapter
-    → contract(out) → metrics and access log
+    tracing → admission (draining, agent down) → contract(in)
+    → upstream adapter → contract(out) → usage → metrics and access log
 
 Built once per configuration by `InboundChain`; per-method stats children are
 resolved at build time, so a call only looks its method up. Steps raise
@@ -13,17 +13,22 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
 from agentmesh.telemetry.logs import log_access
+from agentmesh.telemetry.tracing import inject, trace_ids
 from sidecar.config.bootstrap import Bootstrap
 from sidecar.contract import ContractSet, MessageChecker, MethodContract
 from sidecar.errors import ContractViolation, Draining, MeshError, UpstreamUnavailable
-from sidecar.inbound.call import PROPAGATED_HEADERS, SOURCE_AGENT_HEADER, InboundCall, Reply
+from sidecar.filters.tracing import CallTracer, end_span, record_usage
+from sidecar.filters.usage import UsageReader
+from sidecar.inbound.call import SOURCE_AGENT_HEADER, InboundCall, Reply
 from sidecar.stats import RouteStats, SidecarStats
 from sidecar.upstream.base import Payload, UpstreamAdapter, UpstreamCall
 
@@ -71,6 +76,10 @@ class InboundChain:
         self._stats = stats
         self._admission = admission
         self._runtime_headers = runtime_headers
+        self._tracer = CallTracer(agent=self._agent.name, version=self._agent.version, kind=SpanKind.SERVER)
+        self._usage = {
+            path: reader for path, m in contract.methods.items() if (reader := UsageReader.for_type(m.output))
+        }
 
     def route_stats(self, method: MethodContract, source_agent: str) -> RouteStats:
         return self._stats.route(
@@ -82,41 +91,61 @@ class InboundChain:
         )
 
     async def unary(self, call: InboundCall) -> Reply:
-        stats = self.route_stats(call.method, call.source_agent)
-        stats.start()
-        started = time.perf_counter()
-        code = "OK"
-        try:
-            upstream_call = self._admit(call)
-            payload = await self._upstream.unary(upstream_call)
-            return self._contract_out(call.method, payload)
-        except MeshError as exc:
-            code = self._failed(call, exc)
-            raise
-        except BaseException:
-            code = "CANCELLED"
-            raise
-        finally:
-            self._finish(call, stats, code, started)
+        with self._observed(call):
+            reply = self._contract_out(call.method, await self._upstream.unary(self._admit(call)))
+            self._count_usage(call, reply)
+            return reply
 
     async def stream(self, call: InboundCall) -> AsyncIterator[Reply]:
+        with self._observed(call):
+            async with contextlib.aclosing(self._upstream.stream(self._admit(call))) as payloads:
+                async for payload in payloads:
+                    reply = self._contract_out(call.method, payload)
+                    self._count_usage(call, reply)
+                    yield reply
+
+    @contextlib.contextmanager
+    def _observed(self, call: InboundCall) -> Iterator[None]:
+        """Metrics, SERVER span and access log around one call, whatever its outcome."""
         stats = self.route_stats(call.method, call.source_agent)
+        span, call.trace_context = self._tracer.start(call.method.path, call.metadata)
         stats.start()
         started = time.perf_counter()
-        code = "OK"
+        code, error = "OK", None
         try:
-            upstream_call = self._admit(call)
-            async with contextlib.aclosing(self._upstream.stream(upstream_call)) as payloads:
-                async for payload in payloads:
-                    yield self._contract_out(call.method, payload)
+            yield
         except MeshError as exc:
-            code = self._failed(call, exc)
+            code, error = exc.code.name, exc
+            if isinstance(exc, ContractViolation):
+                self._stats.contract_violation(call.method.path, exc.side, exc.reason)
             raise
         except BaseException:
             code = "CANCELLED"
             raise
         finally:
-            self._finish(call, stats, code, started)
+            elapsed = time.perf_counter() - started
+            trace_id, span_id = trace_ids(span)
+            end_span(span, code, error)
+            stats.finish(code, elapsed, trace_id=trace_id or None)
+            if self._access_log:
+                log_access(
+                    direction="inbound",
+                    source=call.source_agent,
+                    destination=self._agent.name,
+                    version=self._agent.version,
+                    method=call.method.path,
+                    code=code,
+                    duration_ms=round(elapsed * 1000, 3),
+                    trace_id=trace_id,
+                    span_id=span_id,
+                )
+
+    def _count_usage(self, call: InboundCall, reply: Reply) -> None:
+        reader = self._usage.get(call.method.path)
+        usage = reader.read(reply.message) if reader is not None else None
+        if usage is not None:
+            self._stats.record_tokens(usage.model, usage.input_tokens, usage.output_tokens)
+            record_usage(trace.get_current_span(call.trace_context), usage)
 
     def _admit(self, call: InboundCall) -> UpstreamCall:
         """Admission and contract(in): the agent never sees a call that fails here."""
@@ -169,27 +198,8 @@ class InboundChain:
         return call.method.skill.timeout or self._upstream_timeout
 
     def _headers(self, call: InboundCall) -> dict[str, str]:
-        headers = {k: v for k in PROPAGATED_HEADERS if (v := call.metadata.get(k))}
-        headers[SOURCE_AGENT_HEADER] = call.source_agent
+        """Trace context of this call's SERVER span (so the agent's own calls nest under it)."""
+        headers: dict[str, str] = {SOURCE_AGENT_HEADER: call.source_agent}
+        inject(headers, call.trace_context)
         headers.update(self._runtime_headers())
         return headers
-
-    def _failed(self, call: InboundCall, exc: MeshError) -> str:
-        if isinstance(exc, ContractViolation):
-            self._stats.contract_violation(call.method.path, exc.side, exc.reason)
-        return exc.code.name
-
-    def _finish(self, call: InboundCall, stats: RouteStats, code: str, started: float) -> None:
-        elapsed = time.perf_counter() - started
-        stats.finish(code, elapsed)
-        if self._access_log:
-            log_access(
-                direction="inbound",
-                source=call.source_agent,
-                destination=self._agent.name,
-                version=self._agent.version,
-                method=call.method.path,
-                code=code,
-                duration_ms=round(elapsed * 1000, 3),
-                traceparent=call.metadata.get("traceparent", ""),
-            )

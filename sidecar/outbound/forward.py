@@ -11,13 +11,15 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Mapping
 
 import grpc
+from opentelemetry.context import Context
+from opentelemetry.trace import SpanKind
 
+from agentmesh.telemetry.tracing import inject
 from sidecar.errors import MeshError, NoRoute, UpstreamTimeout
+from sidecar.filters.tracing import CallTracer, end_span
 from sidecar.inbound.call import SOURCE_AGENT_HEADER, SOURCE_TEAM_HEADER
 from sidecar.outbound.targets import Target, TargetDirectory
 from sidecar.status import field_violations, status_from_error
-
-FORWARDED_HEADERS = ("traceparent", "tracestate", "baggage")
 
 
 class PeerStatus(MeshError):
@@ -42,15 +44,18 @@ def _translate(error: grpc.aio.AioRpcError, target: Target) -> MeshError:
 
 
 class Forwarder:
-    """Calls target sidecars on behalf of the local agent."""
+    """Calls target sidecars on behalf of the local agent, one CLIENT span per attempt."""
 
-    def __init__(self, directory: TargetDirectory, *, agent: str, team: str) -> None:
+    def __init__(self, directory: TargetDirectory, *, agent: str, team: str, version: str = "") -> None:
         self._directory = directory
         self._identity = ((SOURCE_AGENT_HEADER, agent), (SOURCE_TEAM_HEADER, team))
+        self._tracer = CallTracer(agent=agent, version=version, kind=SpanKind.CLIENT)
 
-    def metadata(self, incoming: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
-        """Trace context from the agent's call plus this sidecar's (asserted) identity."""
-        return (*((k, v) for k in FORWARDED_HEADERS if (v := incoming.get(k))), *self._identity)
+    def _outgoing(self, context: Context) -> tuple[tuple[str, str], ...]:
+        """The attempt's trace context plus this sidecar's (asserted) identity."""
+        carrier: dict[str, str] = {}
+        inject(carrier, context)
+        return (*carrier.items(), *self._identity)
 
     async def unary(
         self, target: Target, path: str, request: bytes, *, metadata: Mapping[str, str], timeout: float | None
@@ -58,10 +63,19 @@ class Forwarder:
         call = self._directory.channel(target.address).unary_unary(
             path, request_serializer=None, response_deserializer=None
         )
+        span, context = self._tracer.start(path, metadata, destination=target.name)
+        code, error = "OK", None
         try:
-            response: bytes = await call(request, metadata=self.metadata(metadata), timeout=timeout)
+            response: bytes = await call(request, metadata=self._outgoing(context), timeout=timeout)
         except grpc.aio.AioRpcError as exc:
-            raise _translate(exc, target) from exc
+            error = _translate(exc, target)
+            code = error.code.name
+            raise error from exc
+        except BaseException:
+            code = "CANCELLED"
+            raise
+        finally:
+            end_span(span, code, error)
         return response
 
     async def stream(
@@ -70,11 +84,19 @@ class Forwarder:
         call = self._directory.channel(target.address).unary_stream(
             path, request_serializer=None, response_deserializer=None
         )
-        responses = call(request, metadata=self.metadata(metadata), timeout=timeout)
+        span, context = self._tracer.start(path, metadata, destination=target.name)
+        responses = call(request, metadata=self._outgoing(context), timeout=timeout)
+        code, error = "OK", None
         try:
             async for chunk in responses:
                 yield chunk
         except grpc.aio.AioRpcError as exc:
-            raise _translate(exc, target) from exc
+            error = _translate(exc, target)
+            code = error.code.name
+            raise error from exc
+        except BaseException:
+            code = "CANCELLED"
+            raise
         finally:
             responses.cancel()
+            end_span(span, code, error)

@@ -629,4 +629,6 @@ def test_concurrency_limit(logs: Path, messages: Messages) -> None:
         assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         for future in slow:
             assert future.exception() is not None  # the agent sleeps past the 3 s deadline
+        # The server frees a slot when its handler ends, just after the client saw the deadline.
+        wait_for(lambda: metric_value(agent.ports.admin_url, "agentmesh_requests_in_flight") == 0, what="slots free")
         assert_still_serving(messages, ch)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.config.bootstrap import Bootstrap
@@ -94,26 +95,35 @@ def call(contract: ContractSet, path: str, body: bytes | dict[str, object], **kw
     )
 
 
-async def test_valid_call_reaches_the_agent_with_headers_and_deadline(tmp_path: Path) -> None:
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+async def test_valid_call_reaches_the_agent_with_headers_and_deadline(
+    tmp_path: Path, spans: InMemorySpanExporter
+) -> None:
     adapter = FakeAdapter(Payload(b'{"id": "a1", "price": 3.5}', "json"))
     chain, contract, stats, _ = make_chain(tmp_path, adapter)
+    metadata = {"traceparent": TRACEPARENT, "baggage": "tenant=beta", "other": "x"}
     reply = await chain.unary(
-        call(
-            contract,
-            "/shop.v1.Shop/GetItem",
-            {"id": "a1"},
-            metadata={"traceparent": "00-abc-def-01", "other": "x"},
-            time_remaining=2.5,
-        )
+        call(contract, "/shop.v1.Shop/GetItem", {"id": "a1"}, metadata=metadata, time_remaining=2.5)
     )
     assert reply.message.price == 3.5  # type: ignore[attr-defined]
     (sent,) = adapter.calls
     assert sent.timeout == 2.5
-    assert sent.headers == {
-        "traceparent": "00-abc-def-01",
-        "x-agentmesh-source-agent": "planner",
-        "x-agentmesh-config-model": "small",
-    }
+    assert sent.headers["x-agentmesh-source-agent"] == "planner"
+    assert sent.headers["x-agentmesh-config-model"] == "small"
+    assert sent.headers["baggage"] == "tenant=beta"
+    assert "other" not in sent.headers
+    # The agent's parent is the sidecar's SERVER span: same trace, a new span id.
+    version, trace_id, parent_id, flags = sent.headers["traceparent"].split("-")
+    assert (version, trace_id, flags) == ("00", "0af7651916cd43dd8448eb211c80319c", "01")
+    assert parent_id != "b7ad6b7169203331"
+    (span,) = spans.get_finished_spans()
+    assert span.name == "shop.v1.Shop/GetItem" and span.kind.name == "SERVER"
+    assert format(span.context.span_id, "016x") == parent_id
+    assert span.parent is not None and format(span.parent.span_id, "016x") == "b7ad6b7169203331"
+    assert span.attributes is not None
+    assert span.attributes["gen_ai.agent.name"] == "shop" and span.attributes["rpc.grpc.status_code"] == 0
     assert sample(stats, "agentmesh_requests_total", grpc_code="OK", source_agent="planner") == 1
 
 
@@ -126,7 +136,7 @@ async def test_deadline_defaults_to_skill_then_upstream_timeout(tmp_path: Path) 
     assert [c.timeout for c in adapter.calls] == [1.5, 42.0]
 
 
-async def test_bad_request_never_reaches_the_agent(tmp_path: Path) -> None:
+async def test_bad_request_never_reaches_the_agent(tmp_path: Path, spans: InMemorySpanExporter) -> None:
     adapter = FakeAdapter(Payload(b"{}", "json"))
     chain, contract, stats, _ = make_chain(tmp_path, adapter)
     with pytest.raises(ContractViolation):
@@ -134,6 +144,14 @@ async def test_bad_request_never_reaches_the_agent(tmp_path: Path) -> None:
     assert adapter.calls == []
     assert sample(stats, "agentmesh_contract_violations_total", side="request", reason="rule_violation") == 1
     assert sample(stats, "agentmesh_requests_total", grpc_code="INVALID_ARGUMENT") == 1
+    (span,) = spans.get_finished_spans()
+    assert span.status.status_code.name == "ERROR"
+    (event,) = span.events
+    assert event.name == "agentmesh.contract_violation" and event.attributes == {
+        "side": "request",
+        "reason": "rule_violation",
+        "fields": ("id",),
+    }
 
 
 async def test_bad_response_is_an_error_in_enforce_mode(tmp_path: Path) -> None:

@@ -1,0 +1,154 @@
+"""Wiring only: the control plane process.
+
+One gRPC port serves ADS (xDS v3), sidecar registration and the admin API
+(token-protected); one HTTP port serves probes, metrics and Prometheus
+service discovery. Policy lives in SQLite (versioned); the registry lives in
+memory and is rebuilt from sidecar registrations, which reconnect on their
+own after a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
+
+from agentmesh.v1 import control_pb2, control_pb2_grpc
+from control_plane.api.admin import AdminService
+from control_plane.api.auth import TokenAuthInterceptor
+from control_plane.api.registration import RegistrationService
+from control_plane.http import ControlPlaneHttp
+from control_plane.policy.store import PolicyStore
+from control_plane.publisher import SnapshotPublisher
+from control_plane.registry import Registry
+from control_plane.xds.ack_tracker import AckTracker
+from control_plane.xds.ads_server import AggregatedDiscoveryService
+from control_plane.xds.cache import SnapshotCache
+
+log = logging.getLogger("agentmesh.control_plane")
+
+DEFAULT_LISTEN = "127.0.0.1:15010"
+DEFAULT_HTTP = "127.0.0.1:18080"
+DEFAULT_DB = ".agentmesh/control-plane.db"
+DEFAULT_REGISTRY_TTL = 15.0
+DEFAULT_HEARTBEAT = 5.0
+_GRPC_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024), ("grpc.so_reuseport", 0)]
+
+
+@dataclass(frozen=True)
+class ControlPlaneSettings:
+    listen: str = DEFAULT_LISTEN
+    http: str = DEFAULT_HTTP
+    db: str = DEFAULT_DB
+    token: str = ""
+    registry_ttl: float = DEFAULT_REGISTRY_TTL
+    heartbeat_interval: float = DEFAULT_HEARTBEAT
+
+
+@dataclass(frozen=True)
+class ControlPlanePorts:
+    grpc: int
+    http: int
+
+
+class ControlPlane:
+    def __init__(self, settings: ControlPlaneSettings) -> None:
+        if not settings.token:
+            raise ValueError("an admin token is required (--token or AGENTMESH_TOKEN)")
+        self.settings = settings
+        if settings.db != ":memory:":
+            Path(settings.db).parent.mkdir(parents=True, exist_ok=True)
+        self.metrics = CollectorRegistry()
+        self.store = PolicyStore(settings.db)
+        self.registry = Registry(ttl=settings.registry_ttl)
+        self.cache = SnapshotCache()
+        self.tracker = AckTracker()
+        self.ads = AggregatedDiscoveryService(self.cache, self.tracker, registry=self.metrics)
+        self.publisher = SnapshotPublisher(
+            policies=self.store.current, registry=self.registry, cache=self.cache, metrics=self.metrics
+        )
+        self._health = health_aio.HealthServicer()
+        self._server = grpc.aio.server(interceptors=(TokenAuthInterceptor(settings.token),), options=_GRPC_OPTIONS)
+        self.ads.add_to_server(self._server)
+        control_pb2_grpc.add_RegistrationServicer_to_server(
+            RegistrationService(self.registry, heartbeat_interval=settings.heartbeat_interval), self._server
+        )
+        control_pb2_grpc.add_ControlPlaneServicer_to_server(
+            AdminService(
+                store=self.store,
+                registry=self.registry,
+                tracker=self.tracker,
+                ads=self.ads,
+                snapshot_version=lambda: self.publisher.version,
+                on_policy_change=self.publisher.mark_dirty,
+            ),
+            self._server,
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        services = [
+            "envoy.service.discovery.v3.AggregatedDiscoveryService",
+            control_pb2.DESCRIPTOR.services_by_name["Registration"].full_name,
+            control_pb2.DESCRIPTOR.services_by_name["ControlPlane"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ]
+        reflection.enable_server_reflection(services, self._server)
+        self._http = ControlPlaneHttp(
+            registry=self.registry, metrics=self.metrics, ready=lambda: bool(self.publisher.version)
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> ControlPlanePorts:
+        self.publisher.publish_now()
+        grpc_port = self._server.add_insecure_port(self.settings.listen)
+        if grpc_port == 0:
+            raise OSError(f"cannot listen on {self.settings.listen}")
+        await self._server.start()
+        host, _, port = self.settings.http.rpartition(":")
+        http_port = await self._http.start(host, int(port))
+        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+        self._tasks = [asyncio.ensure_future(self.publisher.run()), asyncio.ensure_future(self._expire_loop())]
+        ports = ControlPlanePorts(grpc_port, http_port)
+        log.info(
+            "control plane ready",
+            extra={"grpc": grpc_port, "http": http_port, "db": self.settings.db,
+                   "policy_version": self.store.current_version()},
+        )
+        return ports
+
+    async def _expire_loop(self) -> None:
+        while True:
+            await asyncio.sleep(min(self.settings.registry_ttl / 3, 5.0))
+            self.registry.expire()
+
+    async def stop(self, grace: float = 5.0) -> None:
+        await self._health.enter_graceful_shutdown()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.stop(grace)
+        await self._http.stop()
+        with contextlib.suppress(Exception):
+            self.store.close()
+        log.info("control plane stopped")
+
+
+async def run(settings: ControlPlaneSettings) -> None:
+    """Runs the control plane until SIGTERM or SIGINT."""
+    control_plane = ControlPlane(settings)
+    await control_plane.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await control_plane.stop()

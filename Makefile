@@ -11,6 +11,9 @@ $(BIN)/agentmesh: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	# xds-protos ships an old copy of opentelemetry/proto/*; put the OTLP exporter's own back on top.
+	$(BIN)/pip install --quiet --force-reinstall --no-deps \
+		"opentelemetry-proto==$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')"
 	touch $@
 
 setup: $(BIN)/agentmesh

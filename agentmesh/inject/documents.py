@@ -53,7 +53,7 @@ def read_documents(text: str, source: str) -> list[Document]:
     loader = yaml.SafeLoader(text)
     index = 0
     try:
-        while loader.check_node():
+        while loader.check_data():
             index += 1
             body = loader.get_data()
             if body is not None:

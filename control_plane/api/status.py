@@ -90,8 +90,8 @@ def _agent_status(
 
 
 def _newest_manifest(instances: list[AgentInstance]) -> manifest_pb2.Manifest | None:
-    """The manifest of the most recently registered instance that sent a readable one."""
-    for instance in sorted(instances, key=lambda i: i.registered_at, reverse=True):
+    """The manifest of the most recently registered instance that sent a readable one (ties: highest version)."""
+    for instance in sorted(instances, key=lambda i: (i.registered_at, i.version), reverse=True):
         if instance.manifest is None:
             continue
         manifest = manifest_pb2.Manifest()

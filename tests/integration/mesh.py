@@ -97,8 +97,10 @@ def agent_argv(name: str, port: int, version: str = "v1") -> list[str]:
     return argv
 
 
-def start_sidecar(name: str, config: Path, tmp: Path, ports: SidecarPorts, *, wait_ready: bool = True) -> Process:
-    process = start(f"sidecar-{name}-{config.stem}", [*AGENTMESH, "sidecar", "--config", str(config)], tmp)
+def start_sidecar(
+    name: str, config: Path, tmp: Path, ports: SidecarPorts, *, wait_ready: bool = True, env: dict[str, str] | None = None
+) -> Process:
+    process = start(f"sidecar-{name}-{config.stem}", [*AGENTMESH, "sidecar", "--config", str(config)], tmp, env)
     wait_for(lambda: http_ok(f"{ports.admin_url}/healthz"), what=f"{name} sidecar admin", process=process)
     if wait_ready:
         wait_for(lambda: http_ok(f"{ports.admin_url}/readyz"), what=f"{name} sidecar ready", process=process)
@@ -107,7 +109,13 @@ def start_sidecar(name: str, config: Path, tmp: Path, ports: SidecarPorts, *, wa
 
 @contextlib.contextmanager
 def agent_with_sidecar(
-    tmp: Path, name: str, *, version: str = "v1", start_agent: bool = True, **overrides: Any
+    tmp: Path,
+    name: str,
+    *,
+    version: str = "v1",
+    start_agent: bool = True,
+    sidecar_env: dict[str, str] | None = None,
+    **overrides: Any,
 ) -> Iterator[AgentUnderTest]:
     ports = SidecarPorts()
     agent_port = free_port()
@@ -131,7 +139,7 @@ def agent_with_sidecar(
                     what=f"{name} agent",
                     process=under_test.agent,
                 )
-        under_test.sidecar = start_sidecar(name, config, tmp, ports, wait_ready=start_agent)
+        under_test.sidecar = start_sidecar(name, config, tmp, ports, wait_ready=start_agent, env=sidecar_env)
         yield under_test
     finally:
         under_test.stop()

@@ -98,7 +98,13 @@ def agent_argv(name: str, port: int, version: str = "v1") -> list[str]:
 
 
 def start_sidecar(
-    name: str, config: Path, tmp: Path, ports: SidecarPorts, *, wait_ready: bool = True, env: dict[str, str] | None = None
+    name: str,
+    config: Path,
+    tmp: Path,
+    ports: SidecarPorts,
+    *,
+    wait_ready: bool = True,
+    env: dict[str, str] | None = None,
 ) -> Process:
     process = start(f"sidecar-{name}-{config.stem}", [*AGENTMESH, "sidecar", "--config", str(config)], tmp, env)
     wait_for(lambda: http_ok(f"{ports.admin_url}/healthz"), what=f"{name} sidecar admin", process=process)

@@ -60,6 +60,30 @@ class NoRoute(MeshError):
     reason = "no_route"
 
 
+class NoHealthyUpstream(NoRoute):
+    """A cluster has no endpoint to send to (Envoy's `no_healthy_upstream`, a 503: UNAVAILABLE)."""
+
+    reason = "no_healthy_upstream"
+
+
+class Overloaded(MeshError):
+    """A cluster's circuit breaker is full: Envoy's upstream overflow, a 503 gRPC callers see as UNAVAILABLE."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "upstream_overflow"
+
+
+class AccessDenied(MeshError):
+    """An access (RBAC) filter refused the call; `policy` names the policy that decided (a metric label)."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+    reason = "access_denied"
+
+    def __init__(self, message: str, *, policy: str) -> None:
+        super().__init__(message)
+        self.policy = policy
+
+
 class UnknownTarget(MeshError):
     code = grpc.StatusCode.NOT_FOUND
     reason = "unknown_target"

@@ -32,6 +32,8 @@ UNKNOWN = "unknown"
 # OpenMetrics caps an exemplar's label set at 128 characters; a W3C trace id has 32.
 _MAX_TRACE_ID = 64
 
+XDS_TYPE_LABELS = ("lds", "rds", "cds", "eds")
+
 _ROUTE_LABELS = ("direction", "source_agent", "destination_agent", "destination_version", "rpc_method")
 
 # "OK", "UNAVAILABLE", ... and their numeric forms "0", "14", ... -> canonical name.
@@ -178,6 +180,22 @@ class SidecarStats:
             ("label",),
             registry=r,
         )
+        self._xds_connected = Gauge(
+            "agentmesh_xds_connected", "1 while the sidecar's ADS stream to the control plane is up.", registry=r
+        )
+        self._xds_rejected = Counter(
+            "agentmesh_xds_rejected",
+            "xDS responses the sidecar rejected (NACKed), by type (lds, rds, cds, eds).",
+            ("type",),
+            registry=r,
+        )
+        self._xds_from_disk = Gauge(
+            "agentmesh_xds_config_from_disk",
+            "1 while the sidecar runs on the xDS config it saved to disk, the control plane being unreachable.",
+            registry=r,
+        )
+        for type_label in XDS_TYPE_LABELS:
+            self._xds_rejected.labels(type_label)
         self._guards = {
             label: _LabelGuard(max_label_values, self._overflow.labels(label).inc)
             for label in ("source_agent", "destination_agent", "destination_version", "rpc_method", "model", "reason")
@@ -248,6 +266,18 @@ class SidecarStats:
             children[0].inc(input_tokens)
         if output_tokens > 0:
             children[1].inc(output_tokens)
+
+    def set_xds_connected(self, connected: bool) -> None:
+        """Publishes whether the ADS stream is up (1) or not (0)."""
+        self._xds_connected.set(1 if connected else 0)
+
+    def xds_rejected(self, type_label: str) -> None:
+        """Counts one NACK sent; `type_label` is lds, rds, cds or eds (anything else counts as "other")."""
+        self._xds_rejected.labels(type_label if type_label in XDS_TYPE_LABELS else OTHER).inc()
+
+    def set_xds_config_from_disk(self, from_disk: bool) -> None:
+        """Publishes whether the config in use was loaded from disk (1) rather than received over xDS (0)."""
+        self._xds_from_disk.set(1 if from_disk else 0)
 
     def exposition(self, accept_header: str) -> tuple[bytes, str]:
         """The registry rendered for a scrape: (body, content type).

@@ -6,11 +6,14 @@ import click
 
 from agentmesh import __version__
 from agentmesh.cli.agents import agents
+from agentmesh.cli.call import call
 from agentmesh.cli.check import check
 from agentmesh.cli.control_plane import control_plane
+from agentmesh.cli.inject import inject_command
 from agentmesh.cli.policy import policy
 from agentmesh.cli.proxy_status import proxy_status
 from agentmesh.cli.sidecar import sidecar
+from agentmesh.cli.stat import stat, top
 from agentmesh.cli.stubs import stubs
 from agentmesh.cli.up import up
 
@@ -34,3 +37,7 @@ cli.add_command(policy)
 cli.add_command(agents)
 cli.add_command(proxy_status)
 cli.add_command(check)
+cli.add_command(inject_command)
+cli.add_command(stat)
+cli.add_command(top)
+cli.add_command(call)

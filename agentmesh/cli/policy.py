@@ -26,6 +26,7 @@ import yaml
 
 from agentmesh.cli._client import AdminClient, author, connection_options
 from agentmesh.cli._output import (
+    CliError,
     InvalidInputError,
     emit,
     message_data,
@@ -72,7 +73,7 @@ class KindType(click.ParamType):
         kind = resolve_kind(str(value))
         if kind is None:
             choices = "; ".join(
-                f"{kind} ({', '.join(a for a, k in KIND_ALIASES.items() if k == kind)})" for kind in KINDS
+                f"{known} ({', '.join(a for a, k in KIND_ALIASES.items() if k == known)})" for known in KINDS
             )
             self.fail(f"unknown kind {value!r}: expected one of {choices}", param, ctx)
         return kind
@@ -141,13 +142,13 @@ def _read_files(paths: Sequence[str]) -> list[control_pb2.PolicyFile]:
     return files
 
 
-def _report_change(change: control_pb2.PolicyChange, *, show_diff: bool) -> None:
+def _report_change(change: control_pb2.PolicyChange, *, show_diff: bool, show_unchanged: bool = False) -> None:
     """kubectl-style lines per document, the diff when asked, and the resulting version."""
     suffix = " (dry run)" if change.dry_run else ""
     verbs = (
         (change.added, "created"),
         (change.changed, "configured"),
-        (change.unchanged, "unchanged"),
+        (change.unchanged if show_unchanged else (), "unchanged"),
         (change.removed, "deleted"),
     )
     lines = sorted((ref.kind, ref.name, verb) for refs, verb in verbs for ref in refs)
@@ -205,7 +206,7 @@ def apply(paths: tuple[str, ...], dry_run: bool, show_diff: bool, prune: bool, m
     )
     with AdminClient.from_context() as client:
         change = client.call("ApplyPolicies", request)
-    _report_change(change, show_diff=dry_run or show_diff)
+    _report_change(change, show_diff=dry_run or show_diff, show_unchanged=True)
 
 
 # --- get / describe -----------------------------------------------------------------------------------------------
@@ -315,6 +316,8 @@ def describe(kind: str, name: str) -> None:
     with AdminClient.from_context() as client:
         listing = client.call("GetPolicies", control_pb2.GetPoliciesRequest(kind=kind, name=name))
         history = client.call("PolicyHistory", control_pb2.PolicyHistoryRequest(limit=0))
+    if not listing.policies:
+        raise CliError(f"{kind}/{name} not found")
     stored = listing.policies[0]
     document = yaml.safe_load(stored.yaml)
     click.echo(f"Name:     {name}")

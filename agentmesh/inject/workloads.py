@@ -165,7 +165,8 @@ def _visit(
     spec["volumes"] = [*(spec.get("volumes") or []), *sidecar_volumes(config_map)]
     if template_metadata is None:
         template_metadata = template["metadata"] = {}
-    merged = template_metadata.setdefault("annotations", {})
+    merged = template_metadata.get("annotations") or {}
+    template_metadata["annotations"] = merged
     notes = []
     for key, value in sidecar_annotations().items():
         if key in SCRAPE_ANNOTATIONS and key in merged and merged[key] != value:

@@ -26,7 +26,7 @@ class RegistrationService(control_pb2_grpc.RegistrationServicer):
         self._registry = registry
         self._heartbeat_ms = int(heartbeat_interval * 1000)
 
-    async def Register(  # noqa: N802 - gRPC method name
+    async def Register(
         self, request_iterator: AsyncIterator[control_pb2.InstanceReport], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[control_pb2.RegistrationStatus]:
         instance_id: str | None = None

@@ -132,6 +132,8 @@ def _refs_json(refs: Iterable[PolicyRef]) -> str:
 def _diff(before: dict[PolicyRef, Policy], after: dict[PolicyRef, Policy]) -> str:
     chunks: list[str] = []
     for ref in sorted(before.keys() | after.keys()):
+        if ref in before and ref in after and _canonical(before[ref]) == _canonical(after[ref]):
+            continue  # the same document (map keys may come back in another order)
         old = render_yaml(before[ref]).splitlines(keepends=True) if ref in before else []
         new = render_yaml(after[ref]).splitlines(keepends=True) if ref in after else []
         if old == new:

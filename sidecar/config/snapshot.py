@@ -142,6 +142,11 @@ class OutlierDetection:
     success_rate_stdev_factor: int = 1900
     enforcing_consecutive_errors: int = 100
     enforcing_success_rate: int = 0
+    # failure_percentage_*: eject hosts whose failure rate is at least `threshold` %.
+    failure_percentage_threshold: int = 85
+    failure_percentage_minimum_hosts: int = 5
+    failure_percentage_request_volume: int = 50
+    enforcing_failure_percentage: int = 0
 
 
 @dataclass(frozen=True)

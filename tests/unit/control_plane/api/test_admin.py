@@ -77,7 +77,7 @@ async def admin(tmp_path: Path) -> AsyncIterator[AdminHarness]:
 async def api(admin: AdminHarness) -> AsyncIterator[Admin]:
     channel = grpc.aio.insecure_channel(admin.address)
     yield Admin(channel)
-    await channel.close()
+    await channel.close(None)
 
 
 async def apply(api: Admin, *files: tuple[str, str], **options: Any) -> control_pb2.PolicyChange:
@@ -95,8 +95,13 @@ async def refused(call: Any) -> grpc.aio.AioRpcError:
     return caught.value
 
 
+def details(error: grpc.aio.AioRpcError) -> str:
+    return error.details() or ""
+
+
 def bad_request(error: grpc.aio.AioRpcError) -> list[tuple[str, str]]:
-    for key, value in error.trailing_metadata() or ():
+    metadata: Any = error.trailing_metadata() or ()
+    for key, value in metadata:
         if key == "grpc-status-details-bin":
             status = status_pb2.Status.FromString(value)
             for detail in status.details:
@@ -170,7 +175,7 @@ async def test_invalid_yaml_is_refused_with_file_and_line_and_nothing_is_stored(
     )
 
     assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
-    assert error.details() == "bad.yaml:7: spec.split: weights must sum to 100, got 110"
+    assert details(error) == "bad.yaml:7: spec.split: weights must sum to 100, got 110"
     assert bad_request(error) == [("bad.yaml:7 spec.split", "weights must sum to 100, got 110")]
     assert admin.store.current_version() == 0
     assert admin.changes == []
@@ -185,7 +190,7 @@ async def test_every_issue_of_every_file_is_listed(api: Admin):
     )
 
     assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
-    lines = error.details().splitlines()
+    lines = details(error).splitlines()
     assert len(lines) == 3
     assert lines[0].startswith("broken.yaml:")
     assert lines[1].startswith("extra.yaml:7: spec.jitter:")
@@ -210,7 +215,7 @@ async def test_a_second_policy_for_a_stored_target_conflicts_unless_pruned(admin
 
     error = await refused(apply(api, ("other.yaml", canary(name="other"))))
     assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
-    assert "other.yaml:6: spec.target: researcher already has TrafficPolicy/researcher-canary" in error.details()
+    assert "other.yaml:6: spec.target: researcher already has TrafficPolicy/researcher-canary" in details(error)
 
     change = await apply(api, ("other.yaml", canary(name="other")), prune=True)
     assert refs(change.added) == ["TrafficPolicy/other"]
@@ -239,18 +244,16 @@ async def test_nothing_to_apply_is_refused(api: Admin, files: tuple[tuple[str, s
     error = await refused(apply(api, *files, prune=True))
 
     assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
-    assert error.details() == message
+    assert details(error) == message
 
 
 async def test_a_file_without_a_name_is_named_in_errors(api: Admin):
     error = await refused(apply(api, ("", "kind: Gateway\n")))
 
-    assert error.details().startswith("<unnamed>:1: ")
+    assert details(error).startswith("<unnamed>:1: ")
 
 
-async def test_store_refusals_are_failed_precondition(
-    admin: AdminHarness, api: Admin, monkeypatch: pytest.MonkeyPatch
-):
+async def test_store_refusals_are_failed_precondition(admin: AdminHarness, api: Admin, monkeypatch: pytest.MonkeyPatch):
     def locked(*_: Any, **__: Any) -> Any:
         raise PolicyStoreError("the store is read-only")
 
@@ -259,7 +262,7 @@ async def test_store_refusals_are_failed_precondition(
     error = await refused(apply(api, ("canary.yaml", canary())))
 
     assert error.code() is grpc.StatusCode.FAILED_PRECONDITION
-    assert error.details() == "the store is read-only"
+    assert details(error) == "the store is read-only"
 
 
 async def test_a_conflict_found_by_the_store_is_invalid_argument(
@@ -273,7 +276,7 @@ async def test_a_conflict_found_by_the_store_is_invalid_argument(
     error = await refused(apply(api, ("canary.yaml", canary())))
 
     assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
-    assert error.details() == "TrafficPolicy/b: spec.target: researcher already has one"
+    assert details(error) == "TrafficPolicy/b: spec.target: researcher already has one"
     assert bad_request(error) == [("TrafficPolicy/b spec.target", "researcher already has one")]
 
 
@@ -329,7 +332,7 @@ async def test_get_refusals(api: Admin, request_fields: dict[str, Any], code: gr
     error = await refused(api.GetPolicies(control_pb2.GetPoliciesRequest(**request_fields)))
 
     assert error.code() is code
-    assert message in error.details()
+    assert message in details(error)
 
 
 # --- DeletePolicy, PolicyHistory, RollbackPolicies ----------------------------------------------------------------
@@ -412,7 +415,7 @@ async def test_rollback_to_an_unknown_version_is_not_found(admin: AdminHarness, 
     error = await refused(api.RollbackPolicies(control_pb2.RollbackPoliciesRequest(version=5, author="carol")))
 
     assert error.code() is grpc.StatusCode.NOT_FOUND
-    assert error.details() == "no version 5 (current: 1)"
+    assert details(error) == "no version 5 (current: 1)"
     assert admin.store.current_version() == 1
 
 
@@ -450,7 +453,7 @@ async def test_list_one_agent_or_not_found(admin: AdminHarness, api: Admin):
 
     error = await refused(api.ListAgents(control_pb2.ListAgentsRequest(name="ghost")))
     assert error.code() is grpc.StatusCode.NOT_FOUND
-    assert error.details() == "agent 'ghost' is not registered (registered: planner, researcher, writer)"
+    assert details(error) == "agent 'ghost' is not registered (registered: planner, researcher, writer)"
 
 
 async def test_an_agent_without_a_manifest_has_no_skills(admin: AdminHarness, api: Admin):
@@ -491,9 +494,11 @@ async def test_proxy_status_merges_connected_nodes_with_ack_state(admin: AdminHa
         await writer.recv()  # sent, never answered: STALE
         tracker = admin.tracker
         await eventually(
-            lambda: tracker.status("planner-1", ROUTE_TYPE) is SyncStatus.NACKED
-            and all(tracker.status("planner-1", t) is SyncStatus.SYNCED for t in (LISTENER_TYPE, CLUSTER_TYPE))
-            and tracker.status("planner-1", ENDPOINT_TYPE) is SyncStatus.SYNCED,
+            lambda: (
+                tracker.status("planner-1", ROUTE_TYPE) is SyncStatus.NACKED
+                and all(tracker.status("planner-1", t) is SyncStatus.SYNCED for t in (LISTENER_TYPE, CLUSTER_TYPE))
+                and tracker.status("planner-1", ENDPOINT_TYPE) is SyncStatus.SYNCED
+            ),
             "planner-1 ACKs and NACK",
         )
 

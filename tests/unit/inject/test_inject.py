@@ -1,0 +1,423 @@
+"""`agentmesh inject`: what it adds, what it leaves alone, and how it refuses bad input.
+
+Every injected output is validated against the Kubernetes OpenAPI schemas
+shipped by kubernetes-validate (strict: unknown fields are errors).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from agentmesh.inject import (
+    CONTAINER_NAME,
+    DEFAULT_IMAGE,
+    POD_TEMPLATES,
+    InjectError,
+    SidecarOptions,
+    dump_documents,
+    inject,
+    read_documents,
+)
+from agentmesh.inject.sidecar import PORTS
+
+K8S_VERSION = kubernetes_validate.latest_version()
+AGENTMESH = [sys.executable, "-m", "agentmesh.cli"]
+
+
+def validate(obj: dict[str, Any]) -> None:
+    kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
+    node = obj
+    for key in POD_TEMPLATES[obj["kind"]]:
+        node = node[key]
+    return node["spec"]  # type: ignore[no-any-return]
+
+
+def pod_annotations(obj: dict[str, Any]) -> dict[str, str]:
+    node = obj
+    for key in POD_TEMPLATES[obj["kind"]]:
+        node = node[key]
+    return node["metadata"]["annotations"]  # type: ignore[no-any-return]
+
+
+def run(text: str, options: SidecarOptions | None = None, source: str = "in.yaml"):
+    return inject(read_documents(text, source), options or SidecarOptions())
+
+
+def agentmesh_inject(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*AGENTMESH, "inject", *args], input=stdin, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+POD_TEMPLATE = {
+    "metadata": {"labels": {"app": "web"}},
+    "spec": {"containers": [{"name": "web", "image": "example/web:1.0", "ports": [{"containerPort": 8080}]}]},
+}
+WORKLOADS: dict[str, dict[str, Any]] = {
+    "Deployment": {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "web"},
+        "spec": {"selector": {"matchLabels": {"app": "web"}}, "template": POD_TEMPLATE},
+    },
+    "StatefulSet": {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {"name": "web"},
+        "spec": {"serviceName": "web", "selector": {"matchLabels": {"app": "web"}}, "template": POD_TEMPLATE},
+    },
+    "DaemonSet": {
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": {"name": "web"},
+        "spec": {"selector": {"matchLabels": {"app": "web"}}, "template": POD_TEMPLATE},
+    },
+    "ReplicaSet": {
+        "apiVersion": "apps/v1",
+        "kind": "ReplicaSet",
+        "metadata": {"name": "web"},
+        "spec": {"selector": {"matchLabels": {"app": "web"}}, "template": POD_TEMPLATE},
+    },
+    "ReplicationController": {
+        "apiVersion": "v1",
+        "kind": "ReplicationController",
+        "metadata": {"name": "web"},
+        "spec": {"selector": {"app": "web"}, "template": POD_TEMPLATE},
+    },
+    "Job": {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "web"},
+        "spec": {"template": {**POD_TEMPLATE, "spec": {**POD_TEMPLATE["spec"], "restartPolicy": "Never"}}},
+    },
+    "CronJob": {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": {"name": "web"},
+        "spec": {
+            "schedule": "*/5 * * * *",
+            "jobTemplate": {
+                "spec": {"template": {**POD_TEMPLATE, "spec": {**POD_TEMPLATE["spec"], "restartPolicy": "OnFailure"}}}
+            },
+        },
+    },
+    "Pod": {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"}, "spec": POD_TEMPLATE["spec"]},
+}
+SERVICE = {
+    "apiVersion": "v1",
+    "kind": "Service",
+    "metadata": {"name": "web"},
+    "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
+}
+CONFIG_MAP = {
+    "apiVersion": "v1",
+    "kind": "ConfigMap",
+    "metadata": {"name": "web-agentmesh"},
+    "data": {
+        "agent.yaml": "agent: {name: web}\nupstream: {url: 'http://127.0.0.1:8080'}\ncontract: {protos: [web.proto]}\n"
+        "listen: {inbound: '0.0.0.0:15006', admin: '0.0.0.0:15000'}\n",
+        "web.proto": 'syntax = "proto3";\npackage web.v1;\n',
+    },
+}
+
+
+def stream(*objects: dict[str, Any]) -> str:
+    return "---\n".join(yaml.safe_dump(o, sort_keys=False) for o in objects)
+
+
+@pytest.mark.parametrize("kind", sorted(WORKLOADS))
+def test_every_workload_kind_gets_a_valid_native_sidecar(kind):
+    result = run(stream(WORKLOADS[kind]))
+    [body] = result.bodies
+    validate(body)
+    spec = pod_spec(body)
+    [sidecar] = spec["initContainers"]
+    assert sidecar["name"] == CONTAINER_NAME
+    assert sidecar["restartPolicy"] == "Always"
+    assert sidecar["image"] == DEFAULT_IMAGE
+    assert sidecar["args"] == ["sidecar", "-c", "/etc/agentmesh/agent.yaml"]
+    assert {p["name"]: p["containerPort"] for p in sidecar["ports"]} == {
+        "grpc-inbound": 15006,
+        "grpc-egress": 15001,
+        "http-egress": 15080,
+        "http-admin": 15000,
+    }
+    assert sidecar["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http-admin"}
+    assert sidecar["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http-admin"}
+    assert sidecar["securityContext"]["runAsNonRoot"] is True
+    assert sidecar["securityContext"]["readOnlyRootFilesystem"] is True
+    assert sidecar["resources"]["requests"]
+    assert {"name": "agentmesh-config", "configMap": {"name": "web-agentmesh"}} in spec["volumes"]
+    assert {"name": "agentmesh-config", "mountPath": "/etc/agentmesh", "readOnly": True} in sidecar["volumeMounts"]
+    assert spec["containers"] == POD_TEMPLATE["spec"]["containers"]  # the agent itself is untouched
+    annotations = pod_annotations(body)
+    assert annotations["agentmesh.io/inject"] == "enabled"
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == "15000"
+    assert annotations["kubectl.kubernetes.io/default-container"] == "web"
+    assert [str(r) for r in result.reports] == [f"{kind.lower()}/web injected"]
+
+
+def test_container_mode_appends_a_regular_container():
+    result = run(stream(WORKLOADS["Deployment"]), SidecarOptions(mode="container"))
+    [body] = result.bodies
+    validate(body)
+    spec = pod_spec(body)
+    assert [c["name"] for c in spec["containers"]] == ["web", CONTAINER_NAME]
+    assert "restartPolicy" not in spec["containers"][1]
+    assert "initContainers" not in spec
+
+
+def test_a_multi_document_stream_keeps_order_and_leaves_other_kinds_alone():
+    widget = {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}, "spec": {"size": 3}}
+    objects = [SERVICE, WORKLOADS["Deployment"], CONFIG_MAP, widget, WORKLOADS["Job"]]
+    text = "# a comment\n" + stream(*objects) + "---\n"  # comments and empty documents are dropped
+    result = run(text)
+    assert [b["kind"] for b in result.bodies] == ["Service", "Deployment", "ConfigMap", "Widget", "Job"]
+    assert result.bodies[0] == SERVICE
+    assert result.bodies[2] == CONFIG_MAP
+    assert result.bodies[3] == widget
+    assert [str(r) for r in result.reports] == [
+        "service/web skipped: not a workload",
+        "deployment/web injected",
+        "configmap/web-agentmesh skipped: not a workload",
+        "widget/w skipped: not a workload",
+        "job/web injected",
+    ]
+    assert result.warnings == []
+    printed = list(yaml.safe_load_all(dump_documents(result.bodies, "yaml")))
+    assert printed == result.bodies
+    for body in printed[:3]:
+        validate(body)
+
+
+def test_existing_sidecars_and_init_containers_are_kept():
+    deployment = copy.deepcopy(WORKLOADS["Deployment"])
+    spec = deployment["spec"]["template"]["spec"]
+    spec["containers"].append({"name": "log-shipper", "image": "example/shipper:2.0"})
+    spec["initContainers"] = [{"name": "migrate", "image": "example/migrate:1.0"}]
+    spec["volumes"] = [{"name": "data", "emptyDir": {}}]
+    deployment["spec"]["template"]["metadata"]["annotations"] = {"team": "web"}
+    [body] = run(stream(deployment)).bodies
+    validate(body)
+    spec = pod_spec(body)
+    assert [c["name"] for c in spec["containers"]] == ["web", "log-shipper"]
+    # The sidecar starts first, so init containers may already call other agents.
+    assert [c["name"] for c in spec["initContainers"]] == [CONTAINER_NAME, "migrate"]
+    assert [v["name"] for v in spec["volumes"]] == ["data", "agentmesh-config", "agentmesh-tmp"]
+    assert pod_annotations(body)["team"] == "web"
+
+
+def test_injecting_twice_changes_nothing():
+    once = run(stream(SERVICE, WORKLOADS["Deployment"]))
+    twice = run(dump_documents(once.bodies, "yaml"))
+    assert twice.bodies == once.bodies
+    assert [str(r) for r in twice.reports] == [
+        "service/web skipped: not a workload",
+        "deployment/web already injected: unchanged",
+    ]
+
+
+def test_a_list_is_injected_item_by_item():
+    listing = {"apiVersion": "v1", "kind": "List", "items": [SERVICE, WORKLOADS["Deployment"]]}
+    result = run(json.dumps(listing), source="list.json")
+    [body] = result.bodies
+    assert body["items"][0] == SERVICE
+    assert pod_spec(body["items"][1])["initContainers"][0]["name"] == CONTAINER_NAME
+    validate(body["items"][1])
+
+
+def test_options_set_image_and_config_map():
+    options = SidecarOptions(image="registry.example/agentmesh:9.9", config_map="shared-agent")
+    [body] = run(stream(WORKLOADS["StatefulSet"]), options).bodies
+    spec = pod_spec(body)
+    assert spec["initContainers"][0]["image"] == "registry.example/agentmesh:9.9"
+    assert {"name": "agentmesh-config", "configMap": {"name": "shared-agent"}} in spec["volumes"]
+
+
+@pytest.mark.parametrize(
+    ("where", "annotations"),
+    [("pod", {"agentmesh.io/inject": "disabled"}), ("workload", {"agentmesh.io/inject": "disabled"})],
+)
+def test_disabled_workloads_are_skipped(where, annotations):
+    deployment = copy.deepcopy(WORKLOADS["Deployment"])
+    target = deployment["spec"]["template"]["metadata"] if where == "pod" else deployment["metadata"]
+    target["annotations"] = annotations
+    result = run(stream(deployment))
+    assert result.bodies == [deployment]
+    assert [str(r) for r in result.reports] == ["deployment/web skipped: agentmesh.io/inject: disabled"]
+
+
+def test_host_network_pods_are_skipped():
+    daemonset = copy.deepcopy(WORKLOADS["DaemonSet"])
+    daemonset["spec"]["template"]["spec"]["hostNetwork"] = True
+    result = run(stream(daemonset))
+    assert result.bodies == [daemonset]
+    assert result.reports[0].outcome == "skipped"
+
+
+def test_existing_scrape_annotations_are_kept_and_reported():
+    deployment = copy.deepcopy(WORKLOADS["Deployment"])
+    deployment["spec"]["template"]["metadata"]["annotations"] = {"prometheus.io/port": "9090"}
+    result = run(stream(deployment))
+    assert pod_annotations(result.bodies[0])["prometheus.io/port"] == "9090"
+    assert "kept prometheus.io/port='9090'" in str(result.reports[0])
+
+
+def test_a_config_map_in_the_input_is_checked_for_reachable_listeners():
+    config_map = copy.deepcopy(CONFIG_MAP)
+    config_map["data"]["agent.yaml"] = "agent: {name: web}\nlisten: {inbound: '127.0.0.1:15006'}\n"
+    result = run(stream(WORKLOADS["Deployment"], config_map))
+    assert len(result.warnings) == 2
+    assert "listen.inbound is 127.0.0.1:15006" in result.warnings[0]
+    assert "listen.admin is 127.0.0.1:15000" in result.warnings[1]  # the default
+    no_file = copy.deepcopy(CONFIG_MAP)
+    no_file["data"] = {"other.yaml": "x"}
+    assert "has no agent.yaml" in run(stream(WORKLOADS["Deployment"], no_file)).warnings[0]
+
+
+def test_json_output_is_one_object_or_a_list():
+    result = run(stream(SERVICE, WORKLOADS["Deployment"]))
+    listing = json.loads(dump_documents(result.bodies, "json"))
+    assert listing["kind"] == "List"
+    assert [i["kind"] for i in listing["items"]] == ["Service", "Deployment"]
+    single = json.loads(dump_documents(result.bodies[1:], "json"))
+    assert single["kind"] == "Deployment"
+    validate(single)
+
+
+# --- refusals -----------------------------------------------------------------------------------------------------
+
+
+def test_invalid_yaml_names_file_line_and_document():
+    text = stream(SERVICE) + "---\nkind: Deployment\nmetadata:\n  name: web\n   bad: indent\n"
+    with pytest.raises(InjectError) as caught:
+        run(text, source="app.yaml")
+    message = str(caught.value)
+    assert message.startswith("app.yaml:")
+    assert "document 2" in message
+    assert "invalid YAML" in message
+    line = int(message.split(":")[1])
+    assert text.splitlines()[line - 1].strip() == "bad: indent"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "path", "reason"),
+    [
+        (lambda d: d["spec"]["template"]["spec"].update(containers="web"), "spec.template.spec.containers", "list"),
+        (lambda d: d["spec"]["template"]["spec"].update(containers=[]), "spec.template.spec.containers", "empty"),
+        (lambda d: d["spec"]["template"]["spec"]["containers"][0].pop("name"), "containers[0].name", "missing"),
+        (lambda d: d["spec"].pop("template"), "spec.template", "missing"),
+        (lambda d: d["spec"]["template"].update(spec=[1]), "spec.template.spec", "mapping"),
+        (lambda d: d.pop("kind"), "kind", "missing"),
+        (lambda d: d["metadata"].update(annotations={"a": 1}), "metadata.annotations.a", "string"),
+        (
+            lambda d: d["spec"]["template"]["spec"]["containers"][0]["ports"].append({"containerPort": 15000}),
+            "spec.template.spec.containers[0].ports[1].containerPort",
+            "15000 is the sidecar's http-admin port",
+        ),
+        (
+            lambda d: d["spec"]["template"]["spec"].update(volumes=[{"name": "agentmesh-config", "emptyDir": {}}]),
+            "spec.template.spec.volumes[0].name",
+            "reserved",
+        ),
+    ],
+)
+def test_malformed_workloads_are_refused_with_a_path(mutate, path, reason):
+    deployment = copy.deepcopy(WORKLOADS["Deployment"])
+    mutate(deployment)
+    with pytest.raises(InjectError) as caught:
+        run(stream(SERVICE, deployment), source="app.yaml")
+    error = caught.value
+    assert error.source == "app.yaml"
+    assert error.document == 2
+    assert error.path.endswith(path)
+    assert reason in error.message
+
+
+def test_a_document_that_is_not_an_object_is_refused():
+    with pytest.raises(InjectError, match=r"in.yaml: document 1: \(document\): expected a Kubernetes object"):
+        run("- a\n- b\n")
+
+
+def test_a_list_item_error_names_the_item():
+    deployment = copy.deepcopy(WORKLOADS["Deployment"])
+    deployment["spec"]["template"]["spec"]["containers"] = "web"
+    listing = {"apiVersion": "v1", "kind": "List", "items": [SERVICE, deployment]}
+    with pytest.raises(InjectError) as caught:
+        run(yaml.safe_dump(listing))
+    assert caught.value.path == "items[1].spec.template.spec.containers"
+
+
+def test_an_unnamed_workload_needs_a_config_map_name():
+    pod = copy.deepcopy(WORKLOADS["Pod"])
+    pod["metadata"] = {"generateName": "web-"}
+    with pytest.raises(InjectError, match="metadata.name: missing"):
+        run(stream(pod))
+    [body] = run(stream(pod), SidecarOptions(config_map="web")).bodies
+    validate(body)
+
+
+def test_ports_are_iana_service_names():
+    for name in PORTS:
+        assert len(name) <= 15
+        assert name.replace("-", "").isalnum()
+        assert name == name.lower()
+
+
+# --- the command --------------------------------------------------------------------------------------------------
+
+
+def test_command_reads_files_and_stdin_and_reports_on_stderr(tmp_path):
+    first = tmp_path / "a.yaml"
+    first.write_text(stream(WORKLOADS["Deployment"]))
+    result = agentmesh_inject("-f", str(first), "-f", "-", stdin=stream(SERVICE))
+    assert result.returncode == 0, result.stderr
+    bodies = list(yaml.safe_load_all(result.stdout))
+    assert [b["kind"] for b in bodies] == ["Deployment", "Service"]
+    assert result.stderr.splitlines() == ["deployment/web injected", "service/web skipped: not a workload"]
+    again = agentmesh_inject("-f", "-", "-o", "json", stdin=result.stdout)
+    assert again.returncode == 0
+    assert json.loads(again.stdout)["items"] == bodies
+    assert "deployment/web already injected: unchanged" in again.stderr
+
+
+def test_command_options_reach_the_sidecar():
+    result = agentmesh_inject(
+        "-f", "-", "--image", "example/agentmesh:1.2", "--config-map", "cfg", "--sidecar-mode", "container",
+        stdin=stream(WORKLOADS["Deployment"]),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    spec = pod_spec(yaml.safe_load(result.stdout))
+    assert spec["containers"][1]["image"] == "example/agentmesh:1.2"
+    assert {"name": "agentmesh-config", "configMap": {"name": "cfg"}} in spec["volumes"]
+
+
+@pytest.mark.parametrize(
+    ("stdin", "args", "message"),
+    [
+        ("kind: [\n", ["-f", "-"], "error: <stdin>:"),
+        ("", ["-f", "/nonexistent/app.yaml"], "error: /nonexistent/app.yaml: cannot read"),
+        ("apiVersion: v1\n", ["-f", "-"], "error: <stdin>: document 1: kind: missing"),
+    ],
+)
+def test_command_exits_2_on_bad_input(stdin, args, message):
+    result = agentmesh_inject(*args, stdin=stdin)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith(message)
+
+
+def test_command_needs_a_file():
+    assert agentmesh_inject().returncode == 2

@@ -34,6 +34,7 @@ from pydantic import (
 )
 
 from agentmesh.config import parse_duration
+from agentmesh.config.regex import compile_re2
 
 API_VERSION: Final = "agentmesh.io/v1"
 # Requests carrying this header with a version name go to that version only.
@@ -193,10 +194,7 @@ class HeaderMatch(_Strict):
     @classmethod
     def _compiles(cls, value: str | None) -> str | None:
         if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"invalid regex: {exc}") from exc
+            compile_re2(value)
         return value
 
     @model_validator(mode="after")

@@ -12,13 +12,14 @@ for the features we support, the sidecar must decide as Envoy decides.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 
 import grpc
+
+from agentmesh.config.regex import Pattern
 
 LbPolicy = Literal["least_request", "round_robin", "peak_ewma"]
 
@@ -32,7 +33,7 @@ class HeaderMatcher:
     prefix: str | None = None
     suffix: str | None = None
     contains: str | None = None
-    regex: re.Pattern[str] | None = None
+    regex: Pattern | None = None
     present: bool | None = None
     invert: bool = False
 
@@ -97,7 +98,7 @@ class Route:
     action: RouteAction
     prefix: str | None = None
     path: str | None = None
-    path_regex: re.Pattern[str] | None = None
+    path_regex: Pattern | None = None
     headers: tuple[HeaderMatcher, ...] = ()
 
     def matches(self, path: str, headers: Mapping[str, str]) -> bool:

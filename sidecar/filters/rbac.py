@@ -155,8 +155,7 @@ class _Header:
             if not self.missing_as_empty:
                 return False
             value = ""
-        assert self.match is not None
-        return self.match.matches(value) != self.invert
+        return self.match is not None and self.match.matches(value) != self.invert
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ hash policy (`RouteAction.hash_header`, sticky sessions) and the header
 present, the value is `hash(header value) mod total` instead: the same value
 always picks the same cluster, across calls and processes. The hash is
 BLAKE2b (stable and well spread, unlike Python's per-process `hash`).
+Header names match case-insensitively; metadata keys are lower-case.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def pick_cluster(action: RouteAction, headers: Mapping[str, str], *, rand: Calla
     total = sum(c.weight for c in clusters)
     if total <= 0:
         raise NoRoute(f"no cluster of {', '.join(c.name for c in clusters) or 'the route'} has a weight")
-    value = headers.get(action.hash_header) if action.hash_header is not None else None
+    value = headers.get(action.hash_header.lower()) if action.hash_header is not None else None
     selected = stable_hash(value) % total if value is not None else min(int(rand() * total), total - 1)
     running = 0
     for cluster in clusters:

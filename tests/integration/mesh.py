@@ -85,7 +85,7 @@ def write_config(
             config[key] = {**config[key], **value}
         else:
             config[key] = value
-    path = tmp / f"{name}-{version}.yaml"
+    path = tmp / f"{name}-{version}-{ports.inbound}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
 

@@ -89,18 +89,17 @@ def _acquire(fd: int, deadline: float) -> None:
             return
         except BlockingIOError:
             if time.monotonic() > deadline:
-                raise PhoenixInstallError(f"timed out waiting for another process installing Phoenix ({_LOCK})")
+                raise PhoenixInstallError(
+                    f"timed out waiting for another process installing Phoenix ({_LOCK})"
+                ) from None
             time.sleep(0.5)
 
 
 def _install(deadline: float) -> None:
     _MARKER.unlink(missing_ok=True)
-    steps = [
-        [sys.executable, "-m", "venv", str(VENV)],
-        # Short network timeouts so an unreachable index fails in seconds, not after pip's long retries.
-        [str(VENV / "bin" / "pip"), "install", "--quiet", "--retries", "2", "--timeout", "30"]
-        + [f"arize-phoenix=={PHOENIX_VERSION}"],
-    ]
+    # Short network timeouts so an unreachable index fails in seconds, not after pip's long retries.
+    pip = [str(VENV / "bin" / "pip"), "install", "--quiet", "--retries", "2", "--timeout", "30"]
+    steps = [[sys.executable, "-m", "venv", str(VENV)], [*pip, f"arize-phoenix=={PHOENIX_VERSION}"]]
     for argv in steps:
         remaining = deadline - time.monotonic()
         try:
@@ -111,8 +110,9 @@ def _install(deadline: float) -> None:
             raise PhoenixInstallError(f"`{' '.join(argv)}` did not finish within {remaining:.0f}s") from exc
         if done.returncode != 0:
             output = (done.stdout + done.stderr)[-4000:]
-            if argv[0] != sys.executable and _UNREACHABLE.search(output):
-                raise RegistryUnreachable(f"the package index is unreachable:\n{output}")
+            if argv[0] != sys.executable and (reason := _UNREACHABLE.search(output)):
+                last = output.strip().splitlines()[-1]
+                raise RegistryUnreachable(f"pip could not reach the package index ({reason[0]}): {last}")
             raise PhoenixInstallError(f"`{' '.join(argv)}` exited with {done.returncode}:\n{output}")
     _MARKER.write_text(PHOENIX_VERSION + "\n")
 
@@ -226,9 +226,7 @@ def running_phoenix(log_dir: Path, *, timeout: float = DEFAULT_START_TIMEOUT) ->
 def _start(executable: Path, work: Path, env: dict[str, str]) -> Process:
     log = work / "phoenix.log"
     with log.open("wb") as handle:  # the child keeps its own descriptor
-        popen = subprocess.Popen(
-            [str(executable), "serve"], stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=work
-        )
+        popen = subprocess.Popen([str(executable), "serve"], stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=work)
     return Process("phoenix", popen, log)
 
 

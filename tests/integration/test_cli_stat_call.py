@@ -41,7 +41,7 @@ def invoke(address: str, skill: str, payload: dict[str, Any]) -> grpc.StatusCode
         try:
             agent_pb2_grpc.AgentStub(channel).Invoke(request, timeout=10)
         except grpc.RpcError as exc:
-            return exc.code()  # type: ignore[no-any-return]
+            return exc.code()
     return grpc.StatusCode.OK
 
 
@@ -62,11 +62,11 @@ def stat_rows(*args: str) -> tuple[int, list[dict[str, Any]]]:
 
 _EXPOSITION = """\
 # TYPE agentmesh_requests_total counter
-agentmesh_requests_total{direction="inbound",source_agent="a",destination_agent="researcher",destination_version="v2",rpc_method="/r.R/S",grpc_code="OK"} {ok}
-agentmesh_requests_total{direction="inbound",source_agent="b",destination_agent="researcher",destination_version="v2",rpc_method="/r.R/S",grpc_code="UNAVAILABLE"} {failed}
-agentmesh_requests_total{direction="outbound",source_agent="researcher",destination_agent="writer",destination_version="v1",rpc_method="/w.W/D",grpc_code="OK"} 50
+agentmesh_requests_total{direction="inbound",source_agent="a",{route},grpc_code="OK"} {ok}
+agentmesh_requests_total{direction="inbound",source_agent="b",{route},grpc_code="UNAVAILABLE"} {failed}
+agentmesh_requests_total{direction="outbound",source_agent="researcher",{out_route},grpc_code="OK"} 50
 # TYPE agentmesh_requests_created gauge
-agentmesh_requests_created{direction="inbound",source_agent="a",destination_agent="researcher",destination_version="v2",rpc_method="/r.R/S",grpc_code="OK"} 1000
+agentmesh_requests_created{direction="inbound",source_agent="a",{route},grpc_code="OK"} 1000
 # TYPE agentmesh_request_duration_seconds histogram
 agentmesh_request_duration_seconds_bucket{direction="inbound",grpc_code="OK",le="0.1"} {b1}
 agentmesh_request_duration_seconds_bucket{direction="inbound",grpc_code="OK",le="1.0"} {b2}
@@ -83,7 +83,11 @@ agentmesh_upstream_healthy{agent="researcher",version="v2"} {healthy}
 
 
 def exposition(ok: int, failed: int, b1: int, b2: int, b3: int, healthy: int = 1) -> str:
-    values = {"ok": ok, "failed": failed, "b1": b1, "b2": b2, "b3": b3, "healthy": healthy}
+    values = {
+        "route": 'destination_agent="researcher",destination_version="v2",rpc_method="/r.R/S"',
+        "out_route": 'destination_agent="writer",destination_version="v1",rpc_method="/w.W/D"',
+        **{"ok": ok, "failed": failed, "b1": b1, "b2": b2, "b3": b3, "healthy": healthy},
+    }
     text = _EXPOSITION
     for key, value in values.items():
         text = text.replace("{" + key + "}", str(value))
@@ -210,7 +214,9 @@ def test_stat_follows_calls_success_rate_and_health(tmp_path):
         # The agent stops: the sidecar still answers, and says the agent is unhealthy.
         assert under_test.agent is not None
         under_test.agent.stop()
-        wait_for(lambda: stat_rows("--admin", admin, "--window", "0")[1][0]["upstream_healthy"] is False, what="unhealthy")
+        wait_for(
+            lambda: stat_rows("--admin", admin, "--window", "0")[1][0]["upstream_healthy"] is False, what="unhealthy"
+        )
         table = agentmesh("stat", "--admin", admin, "--window", "0")
         assert "UNHEALTHY" in table.stdout
 

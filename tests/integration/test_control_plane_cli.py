@@ -4,60 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import yaml
 
-from tests.integration.procs import AGENTMESH, ROOT, Process, free_port, grpc_serving, start, wait_for
+from tests.integration.controlplane import ControlPlaneProcess
+from tests.integration.procs import AGENTMESH, ROOT, free_port
 from tests.unit.control_plane.xds.ads_client import ALL_TYPES, AdsClient
 
-TOKEN = "integration-token"
 EXAMPLES = ROOT / "examples" / "policies"
-
-
-class ControlPlaneProcess:
-    """One `agentmesh control-plane` process on free loopback ports, over one SQLite file."""
-
-    def __init__(self, tmp_path: Path, db: Path) -> None:
-        self.grpc_port, self.http_port = free_port(), free_port()
-        self.address = f"127.0.0.1:{self.grpc_port}"
-        argv = [
-            *AGENTMESH,
-            "control-plane",
-            "--listen",
-            self.address,
-            "--http",
-            f"127.0.0.1:{self.http_port}",
-            "--db",
-            str(db),
-            "--token",
-            TOKEN,
-        ]
-        self.process: Process = start(f"control-plane-{self.grpc_port}", argv, tmp_path)
-        wait_for(lambda: grpc_serving(self.address), what="control plane serving", process=self.process)
-
-    def env(self, **extra: str) -> dict[str, str]:
-        return {**os.environ, "AGENTMESH_CONTROL_PLANE": self.address, "AGENTMESH_TOKEN": TOKEN, **extra}
-
-    def cli(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*AGENTMESH, *args], env=self.env(**env), cwd=ROOT, capture_output=True, text=True, timeout=60
-        )
-
-    def stop(self) -> None:
-        assert self.process.stop() == 0, self.process.output()
-
-
-@pytest.fixture
-def control_plane(tmp_path: Path) -> Iterator[ControlPlaneProcess]:
-    process = ControlPlaneProcess(tmp_path, tmp_path / "cp.db")
-    yield process
-    process.process.stop()
 
 
 def test_policy_lifecycle_through_the_cli_survives_a_restart(control_plane: ControlPlaneProcess, tmp_path: Path):

@@ -123,7 +123,7 @@ def test_failed_plan_is_found_in_phoenix_as_one_trace(tmp_path: Path, phoenix: P
             writer.agent.stop()
             with pytest.raises(grpc.RpcError) as failed:
                 unary(channel, f"/{PLAN}", request, messages.cls("planning.v1.PlanResponse"), timeout=30)
-            assert failed.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+            assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
 
             # Search the backend for the planner's failed call, as an operator would.
             errors: list[dict[str, Any]] = []

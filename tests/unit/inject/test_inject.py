@@ -12,7 +12,7 @@ import subprocess
 import sys
 from typing import Any
 
-import kubernetes_validate
+import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
@@ -40,14 +40,14 @@ def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
     node = obj
     for key in POD_TEMPLATES[obj["kind"]]:
         node = node[key]
-    return node["spec"]  # type: ignore[no-any-return]
+    return node["spec"]
 
 
 def pod_annotations(obj: dict[str, Any]) -> dict[str, str]:
     node = obj
     for key in POD_TEMPLATES[obj["kind"]]:
         node = node[key]
-    return node["metadata"]["annotations"]  # type: ignore[no-any-return]
+    return node["metadata"]["annotations"]
 
 
 def run(text: str, options: SidecarOptions | None = None, source: str = "in.yaml"):
@@ -60,7 +60,7 @@ def agentmesh_inject(*args: str, stdin: str = "") -> subprocess.CompletedProcess
     )
 
 
-POD_TEMPLATE = {
+POD_TEMPLATE: dict[str, Any] = {
     "metadata": {"labels": {"app": "web"}},
     "spec": {"containers": [{"name": "web", "image": "example/web:1.0", "ports": [{"containerPort": 8080}]}]},
 }
@@ -114,13 +114,13 @@ WORKLOADS: dict[str, dict[str, Any]] = {
     },
     "Pod": {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"}, "spec": POD_TEMPLATE["spec"]},
 }
-SERVICE = {
+SERVICE: dict[str, Any] = {
     "apiVersion": "v1",
     "kind": "Service",
     "metadata": {"name": "web"},
     "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
 }
-CONFIG_MAP = {
+CONFIG_MAP: dict[str, Any] = {
     "apiVersion": "v1",
     "kind": "ConfigMap",
     "metadata": {"name": "web-agentmesh"},
@@ -363,7 +363,7 @@ def test_a_list_item_error_names_the_item():
 def test_an_unnamed_workload_needs_a_config_map_name():
     pod = copy.deepcopy(WORKLOADS["Pod"])
     pod["metadata"] = {"generateName": "web-"}
-    with pytest.raises(InjectError, match="metadata.name: missing"):
+    with pytest.raises(InjectError, match=r"metadata\.name: missing"):
         run(stream(pod))
     [body] = run(stream(pod), SidecarOptions(config_map="web")).bodies
     validate(body)

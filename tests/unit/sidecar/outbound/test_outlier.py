@@ -231,6 +231,6 @@ def test_tracking_new_endpoints_changes_the_share() -> None:
     assert d.record(endpoints[0], False, T0) is True  # one of two is 50 %
 
 
-@pytest.mark.parametrize("code", sorted(ERROR_CODES, key=lambda c: c.name))
+@pytest.mark.parametrize("code", [c for c in grpc.StatusCode if c in ERROR_CODES])
 def test_every_error_code_counts(code: grpc.StatusCode) -> None:
     assert is_error(code)

@@ -99,3 +99,9 @@ def test_missing_sticky_header_falls_back_to_random() -> None:
     draws = Draws([0.75])
     assert pick_cluster(action, {"other": "x"}, rand=draws) == "v2"
     assert draws.used == 1
+
+
+def test_sticky_header_name_is_case_insensitive() -> None:
+    action = split(("v1", 1), ("v2", 1), hash_header="X-Session")
+    expected = pick_cluster(split(("v1", 1), ("v2", 1), hash_header="x-session"), {"x-session": "bob"}, rand=never)
+    assert pick_cluster(action, {"x-session": "bob"}, rand=never) == expected

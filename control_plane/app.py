@@ -30,6 +30,7 @@ from control_plane.http import ControlPlaneHttp
 from control_plane.policy.store import PolicyStore
 from control_plane.publisher import SnapshotPublisher
 from control_plane.registry import Registry
+from control_plane.translate import DEFAULT_GATEWAY_PORT
 from control_plane.xds.ack_tracker import AckTracker
 from control_plane.xds.ads_server import AggregatedDiscoveryService
 from control_plane.xds.cache import SnapshotCache
@@ -52,6 +53,8 @@ class ControlPlaneSettings:
     token: str = ""
     registry_ttl: float = DEFAULT_REGISTRY_TTL
     heartbeat_interval: float = DEFAULT_HEARTBEAT
+    # The port of the listener Envoy gateways (node ids `gateway~<name>`) are given.
+    gateway_port: int = DEFAULT_GATEWAY_PORT
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,11 @@ class ControlPlane:
         self.tracker = AckTracker()
         self.ads = AggregatedDiscoveryService(self.cache, self.tracker, registry=self.metrics)
         self.publisher = SnapshotPublisher(
-            policies=self.store.current, registry=self.registry, cache=self.cache, metrics=self.metrics
+            policies=self.store.current,
+            registry=self.registry,
+            cache=self.cache,
+            metrics=self.metrics,
+            gateway_port=settings.gateway_port,
         )
         self._health = health_aio.HealthServicer()
         self._server = grpc.aio.server(interceptors=(TokenAuthInterceptor(settings.token),), options=_GRPC_OPTIONS)

@@ -1,5 +1,9 @@
 """Rebuilds the xDS snapshot when policy or the registry changes, and publishes it.
 
+Two snapshots per change, with one version: the mesh's (the cache default:
+sidecars, proxyless clients) and the gateway's (the group of node ids starting
+with `gateway~`: Envoy at the edge, control_plane.translate.gateway).
+
 Changes are coalesced: a burst of registrations or a policy apply becomes one
 translation. Translation is pure (control_plane.translate); the snapshot is
 checked for consistency before it is published, and a failure keeps the last
@@ -18,7 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from control_plane.policy.store import PolicySet
 from control_plane.registry import Registry
 from control_plane.registry.view import mesh_view
-from control_plane.translate import translate
+from control_plane.translate import DEFAULT_GATEWAY_PORT, GATEWAY_NODE_PREFIX, translate, translate_gateway
 from control_plane.xds.cache import SnapshotCache
 from control_plane.xds.snapshot import Snapshot
 
@@ -38,11 +42,13 @@ class SnapshotPublisher:
         cache: SnapshotCache,
         metrics: CollectorRegistry,
         coalesce: float = DEFAULT_COALESCE,
+        gateway_port: int = DEFAULT_GATEWAY_PORT,
     ) -> None:
         self._policies = policies
         self._registry = registry
         self._cache = cache
         self._coalesce = coalesce
+        self._gateway_port = gateway_port
         self._dirty = asyncio.Event()
         self._generation = 0
         self.version = ""
@@ -67,11 +73,17 @@ class SnapshotPublisher:
         started = time.perf_counter()
         try:
             policy_set = self._policies()
-            resources = translate(policy_set.policies, mesh_view(self._registry))
+            mesh = mesh_view(self._registry)
+            resources = translate(policy_set.policies, mesh)
+            gateway = translate_gateway(policy_set.policies, mesh, port=self._gateway_port, mesh_resources=resources)
             self._generation += 1
             version = f"p{policy_set.version}-g{self._generation}"
             snapshot = Snapshot.from_resources(version, (message for _, _, message in resources))
+            gateway_snapshot = Snapshot.from_resources(version, (message for _, _, message in gateway))
+            # Both or neither: check the gateway's before the default goes out.
+            gateway_snapshot.check_consistent()
             self._cache.set_default(snapshot)
+            self._cache.set_group(GATEWAY_NODE_PREFIX, gateway_snapshot)
         except Exception:
             self._failures.inc()
             log.exception("cannot publish a new snapshot; the previous one keeps serving")
@@ -79,7 +91,7 @@ class SnapshotPublisher:
         self.version = version
         self._policy_version.set(policy_set.version)
         self._translate_seconds.set(time.perf_counter() - started)
-        for note in resources.notes:
+        for note in dict.fromkeys((*resources.notes, *gateway.notes)):
             log.warning("translation: %s", note)
         log.info(
             "published snapshot",

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,15 +24,20 @@ from agentmesh.protoc import ProtoCompileError, compile_descriptor_set
 from agentmesh.telemetry.tracing import configure_tracing, shutdown_tracing
 from agentmesh.v1 import manifest_pb2
 from sidecar.admin.server import AdminServer
+from sidecar.config.ads_client import AdsClient, NodeIdentity
 from sidecar.config.bootstrap import Bootstrap
 from sidecar.config.registration import Registrar
+from sidecar.config.snapshot import EMPTY_SNAPSHOT, MeshSnapshot
 from sidecar.contract import ContractSet, MessageChecker
 from sidecar.contract.compiled import normalize_method
 from sidecar.contract.manifest import build_manifest
+from sidecar.filters.rbac import RbacFilter
 from sidecar.health import HealthProber
 from sidecar.inbound.agent_service import AgentService
-from sidecar.inbound.chain import Admission, InboundChain
+from sidecar.inbound.chain import CONFIG_HEADER_PREFIX, Admission, InboundChain
 from sidecar.inbound.server import InboundServer, channel_options, server_options
+from sidecar.outbound.egress import Egress
+from sidecar.outbound.endpoints import ClusterStates
 from sidecar.outbound.forward import Forwarder
 from sidecar.outbound.listener_grpc import EgressGrpcHandler
 from sidecar.outbound.listener_http import EgressHttpListener
@@ -41,6 +47,8 @@ from sidecar.upstream.base import adapter_for
 from sidecar.upstream.http_json import HttpJsonAdapter
 
 log = logging.getLogger("agentmesh.sidecar")
+
+OUTLIER_SWEEP_INTERVAL = 1.0
 
 
 class StartupError(Exception):
@@ -68,6 +76,11 @@ def load_contract(bootstrap: Bootstrap) -> ContractSet:
 def _split(address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
     return host.strip("[]"), int(port)
+
+
+def _default_config_cache(agent: str, address: str) -> Path:
+    """Where the last good xDS config is kept when agent.yaml names no place."""
+    return Path(tempfile.gettempdir()) / f"agentmesh-xds-{agent}-{address.replace(':', '_')}.json"
 
 
 def _advertised(listen: str, port: int) -> str:
@@ -104,6 +117,11 @@ class Sidecar:
                 self._upstream.prepare(self.contract.methods.values())
             except ValueError as exc:
                 raise StartupError(f"contract: google.api.http binding unusable: {exc}") from exc
+        # The xDS config in force: swapped whole by `_apply_snapshot`, read once per call.
+        self.mesh: MeshSnapshot = EMPTY_SNAPSHOT
+        self._access: RbacFilter | None = None
+        self._config_headers: dict[str, str] = {}
+        self.clusters = ClusterStates()
         chain = InboundChain(
             bootstrap=bootstrap,
             contract=self.contract,
@@ -111,6 +129,8 @@ class Sidecar:
             upstream=self._upstream,
             stats=self.stats,
             admission=self.admission,
+            access=lambda: self._access,
+            runtime_headers=lambda: self._config_headers,
         )
         self.inbound = InboundServer(
             contract=self.contract,
@@ -120,17 +140,20 @@ class Sidecar:
         )
         self._prober = HealthProber(bootstrap.health, bootstrap.upstream, on_change=self._agent_health_changed)
         self.targets = TargetDirectory(bootstrap.targets, channel_options=channel_options(bootstrap.limits))
-        forwarder = Forwarder(self.targets, agent=agent.name, team=agent.team, version=agent.version)
-        self._egress_grpc = grpc.aio.server(options=server_options(bootstrap.limits))
-        self._egress_grpc.add_generic_rpc_handlers(
-            (EgressGrpcHandler(directory=self.targets, forwarder=forwarder, stats=self.stats, agent=agent.name),)
-        )
-        self._egress_http = EgressHttpListener(
+        egress = Egress(
             directory=self.targets,
-            forwarder=forwarder,
-            checker=checker,
+            forwarder=Forwarder(self.targets, agent=agent.name, team=agent.team, version=agent.version),
+            clusters=self.clusters,
+            mesh=lambda: self.mesh,
             stats=self.stats,
             agent=agent.name,
+        )
+        self._egress_grpc = grpc.aio.server(options=server_options(bootstrap.limits))
+        self._egress_grpc.add_generic_rpc_handlers((EgressGrpcHandler(egress),))
+        self._egress_http = EgressHttpListener(
+            egress=egress,
+            checker=checker,
+            stats=self.stats,
             default_timeout=bootstrap.upstream.timeout,
             max_body_bytes=bootstrap.limits.max_message_bytes,
         )
@@ -143,9 +166,28 @@ class Sidecar:
             card_url=f"grpc://{bootstrap.listen.inbound}",
             config_dump=self.config_dump,
             readiness=self.readiness,
+            runtime_config=self.runtime_config,
         )
         self._tasks: list[asyncio.Task[None]] = []
         self.registrar: Registrar | None = None
+        self.xds: AdsClient | None = None
+
+    def _apply_snapshot(self, snapshot: MeshSnapshot) -> None:
+        """Publishes a new xDS config: cluster state first, then one reference swap per part."""
+        self.clusters.sync(snapshot)
+        inbound = snapshot.inbound
+        self._access = RbacFilter.build(inbound.rbac) if inbound is not None else None
+        self._config_headers = dict(inbound.request_headers) if inbound is not None else {}
+        self.mesh = snapshot
+
+    def runtime_config(self) -> dict[str, str]:
+        """AgentConfig values in force (header names without the x-agentmesh-config- prefix)."""
+        return {k.removeprefix(CONFIG_HEADER_PREFIX): v for k, v in sorted(self._config_headers.items())}
+
+    async def _sweep_outliers(self) -> None:
+        while True:
+            await asyncio.sleep(OUTLIER_SWEEP_INTERVAL)
+            self.clusters.sweep()
 
     def readiness(self) -> tuple[bool, str]:
         if self.admission.draining:
@@ -173,6 +215,8 @@ class Sidecar:
                 },
             },
             "targets": self.targets.describe(),
+            "xds": self.xds.describe() if self.xds is not None else None,
+            "runtime_config": self.runtime_config(),
             "admission": {"agent_healthy": self.admission.agent_healthy, "draining": self.admission.draining},
             "manifest": json_format.MessageToDict(self.manifest, preserving_proto_field_name=True)
             | {"descriptors": f"{len(self.manifest.descriptors.file)} files"},
@@ -210,6 +254,22 @@ class Sidecar:
                 healthy=lambda: self.admission.agent_healthy and not self.admission.draining,
             )
             self._tasks.append(asyncio.ensure_future(self.registrar.run()))
+            advertised = link.advertise_address or _advertised(listen.inbound, inbound)
+            self.xds = AdsClient(
+                target=link.address,
+                node=NodeIdentity(
+                    agent=self.bootstrap.agent.name,
+                    address=advertised,
+                    version=self.bootstrap.agent.version,
+                    team=self.bootstrap.agent.team,
+                    zone=link.zone,
+                ),
+                stats=self.stats,
+                persist_path=link.config_cache or _default_config_cache(self.bootstrap.agent.name, advertised),
+                on_snapshot=self._apply_snapshot,
+            )
+            self._tasks.append(asyncio.ensure_future(self.xds.run()))
+            self._tasks.append(asyncio.ensure_future(self._sweep_outliers()))
         log.info(
             "sidecar ready",
             extra={

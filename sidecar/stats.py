@@ -174,6 +174,18 @@ class SidecarStats:
             ("agent", "team", "model", "token_type"),
             registry=r,
         )
+        self._retries = Counter(
+            "agentmesh_retries",
+            "Outbound attempts retried, by the status that caused the retry.",
+            ("destination_agent", "rpc_method", "reason"),
+            registry=r,
+        )
+        self._denied = Counter(
+            "agentmesh_access_denied",
+            "Inbound calls refused by access policy.",
+            ("destination_agent", "source_agent", "policy"),
+            registry=r,
+        )
         self._overflow = Counter(
             "agentmesh_label_overflow",
             'Label values recorded as "other" because the label reached its distinct-value limit.',
@@ -198,7 +210,15 @@ class SidecarStats:
             self._xds_rejected.labels(type_label)
         self._guards = {
             label: _LabelGuard(max_label_values, self._overflow.labels(label).inc)
-            for label in ("source_agent", "destination_agent", "destination_version", "rpc_method", "model", "reason")
+            for label in (
+                "source_agent",
+                "destination_agent",
+                "destination_version",
+                "rpc_method",
+                "model",
+                "reason",
+                "policy",
+            )
         }
         self._routes: dict[tuple[str, str, str, str, str], RouteStats] = {}
         self._bound_routes: dict[tuple[str, str, str, str, str], RouteStats] = {}
@@ -244,6 +264,20 @@ class SidecarStats:
             if ok_method and ok_reason and side in ("request", "response"):
                 self._violation_children[key] = child
         child.inc()
+
+    def retry(self, destination_agent: str, rpc_method: str, reason: str) -> None:
+        """Counts one retried attempt; `reason` is the status name or "per_try_timeout"."""
+        self._retries.labels(
+            self._guards["destination_agent"].admit(destination_agent)[0],
+            self._guards["rpc_method"].admit(rpc_method)[0],
+            self._guards["reason"].admit(reason)[0],
+        ).inc()
+
+    def access_denied(self, source_agent: str, policy: str) -> None:
+        """Counts one inbound call refused by the access policy named `policy`."""
+        self._denied.labels(
+            self.agent, self._guards["source_agent"].admit(source_agent)[0], self._guards["policy"].admit(policy)[0]
+        ).inc()
 
     def set_upstream_healthy(self, healthy: bool) -> None:
         """Publishes the agent's health-check result (1 healthy, 0 not)."""

@@ -38,6 +38,7 @@ _LOOPBACK = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]"}
 @click.option(
     "--json",
     "payload",
+    metavar="JSON",
     default="{}",
     show_default=True,
     help="The request message as JSON; @FILE reads it from a file, - from stdin.",
@@ -52,7 +53,9 @@ _LOOPBACK = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]"}
     type=click.Path(path_type=Path, dir_okay=False),
     help="A mesh file: the address is AGENT's sidecar inbound listener there.",
 )
-@click.option("--timeout", default=DEFAULT_TIMEOUT, show_default=True, help="Deadline of the whole call.")
+@click.option(
+    "--timeout", metavar="DURATION", default=DEFAULT_TIMEOUT, show_default=True, help="Deadline of the whole call."
+)
 @click.option("-o", "--output", type=click.Choice(["json", "yaml"]), default="json", show_default=True)
 def call(
     agent: str, method: str, payload: str, address: str | None, mesh_path: Path | None, timeout: str, output: str

@@ -44,9 +44,18 @@ EXIT_STARTUP = 3
     help="Seconds without a sidecar report before its instance is dropped.",
 )
 @click.option(
+    "--gateway-port",
+    type=click.IntRange(1, 65535),
+    default=15443,
+    show_default=True,
+    help="Port of the listener given to Envoy gateways (xDS node ids starting with 'gateway~').",
+)
+@click.option(
     "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True
 )
-def control_plane(listen: str, http_address: str, db: str, token: str, registry_ttl: float, log_level: str) -> None:
+def control_plane(
+    listen: str, http_address: str, db: str, token: str, registry_ttl: float, gateway_port: int, log_level: str
+) -> None:
     """Run the control plane.
 
     Sidecars register here and receive routing, retry, timeout, access and
@@ -61,7 +70,9 @@ def control_plane(listen: str, http_address: str, db: str, token: str, registry_
     from control_plane.app import ControlPlaneSettings, run
 
     configure_logging(log_level, component="control-plane")
-    settings = ControlPlaneSettings(listen=listen, http=http_address, db=db, token=token, registry_ttl=registry_ttl)
+    settings = ControlPlaneSettings(
+        listen=listen, http=http_address, db=db, token=token, registry_ttl=registry_ttl, gateway_port=gateway_port
+    )
     try:
         asyncio.run(run(settings))
     except ValueError as exc:

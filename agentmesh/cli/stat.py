@@ -174,7 +174,8 @@ def figures(before: Scrape | None, after: Scrape) -> StatRow:
     else:
         elapsed = after.wall - after.first_created if after.first_created is not None else None
     total = sum(calls.values())
-    row = StatRow(admin="", agent=after.agent, version=after.version, status="ok", requests=total)
+    # Counters are floats in the exposition; calls are whole.
+    row = StatRow(admin="", agent=after.agent, version=after.version, status="ok", requests=round(total))
     if total > 0:
         row.success_rate = calls.get("OK", 0.0) / total
     if elapsed is not None and elapsed > 0:
@@ -350,6 +351,7 @@ _output_option = click.option(
 @_output_option
 @click.option(
     "--window",
+    metavar="DURATION",
     default=DEFAULT_WINDOW,
     show_default=True,
     callback=_window,
@@ -379,7 +381,14 @@ def stat(admins: tuple[str, ...], mesh_path: Path | None, output: str, window: f
 @click.command("top")
 @_admin_option
 @_file_option
-@click.option("--interval", default=DEFAULT_WINDOW, show_default=True, callback=_window, help="Refresh interval.")
+@click.option(
+    "--interval",
+    metavar="DURATION",
+    default=DEFAULT_WINDOW,
+    show_default=True,
+    callback=_window,
+    help="Refresh interval.",
+)
 def top(admins: tuple[str, ...], mesh_path: Path | None, interval: float) -> None:
     """`agentmesh stat` on a screen refreshed every interval, until Ctrl-C."""
     _watch(_sidecars(admins, mesh_path), "table", interval or parse_duration(DEFAULT_WINDOW), clear=True)

@@ -3,7 +3,8 @@
 `translate(policies, mesh) -> Resources` is the whole surface: the xDS server
 (control_plane.xds) serves what it returns. Modules follow the xDS types:
 listeners.py (proxyless and inbound), routes.py, clusters.py, endpoints.py,
-rbac.py (access), snapshot.py (the assembly). Nothing here imports grpc or
+rbac.py (access), snapshot.py (the assembly). `translate_gateway` (gateway.py)
+builds what an Envoy gateway at the mesh edge gets from the same inputs. Nothing here imports grpc or
 sqlite; tests drive it with plain data (view.py).
 """
 
@@ -18,12 +19,15 @@ from control_plane.translate._xds import (
     service_cluster_name,
     service_route_name,
 )
+from control_plane.translate.gateway import DEFAULT_GATEWAY_PORT, GATEWAY_NODE_PREFIX, translate_gateway
 from control_plane.translate.snapshot import TYPE_ORDER, Resources, translate
 from control_plane.translate.view import AgentView, InstanceView, MeshView
 
 __all__ = [
     "CLUSTER_TYPE",
+    "DEFAULT_GATEWAY_PORT",
     "ENDPOINT_TYPE",
+    "GATEWAY_NODE_PREFIX",
     "LISTENER_TYPE",
     "ROUTE_TYPE",
     "TYPE_ORDER",
@@ -37,4 +41,5 @@ __all__ = [
     "service_cluster_name",
     "service_route_name",
     "translate",
+    "translate_gateway",
 ]

@@ -1,10 +1,15 @@
 """Which snapshot each node should have, with per-type versions and change watches.
 
 The narrow interface between translation and serving (go-control-plane's
-`SnapshotCache`): the translator calls `set_snapshot(node_id, snapshot)` or
-`set_default(snapshot)`; the ADS server reads `entry(node_id)` and registers a
-`watch(node_id, callback)` per open stream, so a stream learns that its node's
-resources changed without polling.
+`SnapshotCache`): the translator calls `set_snapshot(node_id, snapshot)`,
+`set_group(prefix, snapshot)` or `set_default(snapshot)`; the ADS server reads
+`entry(node_id)` and registers a `watch(node_id, callback)` per open stream,
+so a stream learns that its node's resources changed without polling.
+
+A node's snapshot is its own if one was set, else that of the longest group
+prefix its id starts with, else the default. Groups give one kind of consumer
+resources of its own: Envoy gateways (node ids `gateway~<name>`) subscribe to
+every listener and must not get the sidecars' inbound listeners.
 
 Versions are tracked per resource type: publishing a snapshot gives a type the
 snapshot's version only when that type's resources changed for the node, and
@@ -66,10 +71,11 @@ class Watch:
 
 
 class SnapshotCache:
-    """Snapshots per node id, a default for nodes without one, and watches on both.
+    """Snapshots per node id, per node-id prefix (group) and a default, and watches on them.
 
-    A node's effective entry is its own snapshot if one was set, otherwise the
-    default. Every published snapshot must be consistent
+    A node's effective entry is its own snapshot if one was set, otherwise
+    that of the longest group prefix of its id, otherwise the default. Every
+    published snapshot must be consistent
     (`Snapshot.check_consistent`); an inconsistent one raises
     `InconsistentSnapshotError` and changes nothing.
     """
@@ -78,6 +84,7 @@ class SnapshotCache:
         self.clock = clock
         self._default: CacheEntry | None = None
         self._nodes: dict[str, CacheEntry] = {}
+        self._groups: dict[str, CacheEntry] = {}
         self._watches: dict[str, set[Watch]] = {}
 
     def set_snapshot(self, node_id: str, snapshot: Snapshot) -> CacheEntry:
@@ -88,17 +95,40 @@ class SnapshotCache:
         self._notify(node_id)
         return entry
 
+    def set_group(self, prefix: str, snapshot: Snapshot) -> CacheEntry:
+        """Publishes `snapshot` to every node whose id starts with `prefix` and that has no snapshot of its own.
+
+        When several group prefixes match a node id, the longest wins.
+        """
+        if not prefix:
+            raise ValueError("a group needs a non-empty node id prefix (set_default covers every node)")
+        snapshot.check_consistent()
+        entry = self._groups[prefix] = self._derive(self._groups.get(prefix), snapshot)
+        for node_id in list(self._watches):
+            if node_id not in self._nodes and self._group_of(node_id) == prefix:
+                self._notify(node_id)
+        return entry
+
+    def clear_group(self, prefix: str) -> None:
+        """Drops a group; its nodes fall back to a shorter matching group or the default."""
+        if prefix not in self._groups:
+            return
+        members = [n for n in self._watches if n not in self._nodes and self._group_of(n) == prefix]
+        del self._groups[prefix]
+        for node_id in members:
+            self._notify(node_id)
+
     def set_default(self, snapshot: Snapshot) -> CacheEntry:
-        """Publishes `snapshot` to every node without a snapshot of its own."""
+        """Publishes `snapshot` to every node with neither a snapshot of its own nor a group."""
         snapshot.check_consistent()
         self._default = self._derive(self._default, snapshot)
         for node_id in list(self._watches):
-            if node_id not in self._nodes:
+            if node_id not in self._nodes and self._group_of(node_id) is None:
                 self._notify(node_id)
         return self._default
 
     def clear_snapshot(self, node_id: str) -> None:
-        """Drops a node's own snapshot; the node falls back to the default (if any)."""
+        """Drops a node's own snapshot; the node falls back to its group or the default (if any)."""
         if self._nodes.pop(node_id, None) is not None:
             self._notify(node_id)
 
@@ -108,11 +138,24 @@ class SnapshotCache:
         return entry.snapshot if entry is not None else None
 
     def entry(self, node_id: str) -> CacheEntry | None:
-        """The node's effective entry (its own, else the default), with per-type versions."""
-        return self._nodes.get(node_id, self._default)
+        """The node's effective entry (its own, else its group's, else the default), with per-type versions."""
+        own = self._nodes.get(node_id)
+        if own is not None:
+            return own
+        group = self._group_of(node_id)
+        return self._groups[group] if group is not None else self._default
 
     def default(self) -> Snapshot | None:
         return self._default.snapshot if self._default is not None else None
+
+    def group(self, prefix: str) -> Snapshot | None:
+        """The snapshot of the group `prefix`, or None when there is no such group."""
+        entry = self._groups.get(prefix)
+        return entry.snapshot if entry is not None else None
+
+    def groups(self) -> list[str]:
+        """Every group prefix, sorted."""
+        return sorted(self._groups)
 
     def node_ids(self) -> list[str]:
         """Nodes that have a snapshot of their own."""
@@ -136,6 +179,11 @@ class SnapshotCache:
         watches.discard(handle)
         if not watches:
             del self._watches[handle.node_id]
+
+    def _group_of(self, node_id: str) -> str | None:
+        """The longest group prefix `node_id` starts with, or None."""
+        matching = [prefix for prefix in self._groups if node_id.startswith(prefix)]
+        return max(matching, key=len) if matching else None
 
     def _notify(self, node_id: str) -> None:
         for handle in list(self._watches.get(node_id, ())):

@@ -59,6 +59,7 @@ class AdminServer:
         card_url: str,
         config_dump: Callable[[], Mapping[str, object]],
         readiness: Callable[[], tuple[bool, str]],
+        runtime_config: Callable[[], Mapping[str, str]] = dict,
     ) -> None:
         self.host = host
         self.port = port
@@ -67,6 +68,7 @@ class AdminServer:
         self._card_url = card_url
         self._config_dump = config_dump
         self._readiness = readiness
+        self._runtime_config = runtime_config
         self._runner: web.AppRunner | None = None
 
     def __repr__(self) -> str:
@@ -82,6 +84,7 @@ class AdminServer:
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/config_dump", self._config)
+        app.router.add_get("/config", self._runtime)
         app.router.add_get("/manifest", self._manifest_json)
         app.router.add_get(AGENT_CARD_PATH, self._agent_card)
         app.router.add_get(LEGACY_AGENT_CARD_PATH, self._agent_card)
@@ -133,6 +136,10 @@ class AdminServer:
         # Set verbatim: the OpenMetrics type carries parameters aiohttp's content_type setter would drop.
         response.headers["Content-Type"] = content_type
         return response
+
+    async def _runtime(self, request: web.Request) -> web.Response:
+        """AgentConfig values in force, as the agent receives them (x-agentmesh-config-<key>)."""
+        return web.json_response(dict(self._runtime_config()))
 
     async def _config(self, request: web.Request) -> web.Response:
         body = json.dumps(self._config_dump(), indent=2, default=_json_value, ensure_ascii=False)

@@ -450,7 +450,5 @@ class AdsClient:
             return
         self._connected = connected
         self._stats.set_xds_connected(connected)
-        if connected:
-            log.info("xDS stream to %s is up", self._target, extra={"node_id": self._node.node_id})
-        else:
-            log.warning("xDS stream to %s is down", self._target, extra={"node_id": self._node.node_id})
+        if connected:  # going down is logged where the stream ends, with the reason
+            log.info("xDS stream to %s is up as %s", self._target, self._node.node_id)

@@ -200,6 +200,9 @@ class ControlPlaneLink(_Strict):
     # default: the inbound listen address (127.0.0.1 when it listens on all interfaces).
     advertise_address: Address | None = None
     zone: str = ""
+    # Where the last good xDS config is saved (the sidecar starts from it when the
+    # control plane is unreachable); default: a file in the temp folder named after the agent.
+    config_cache: Path | None = None
 
 
 class Telemetry(_Strict):

@@ -32,6 +32,8 @@ class InboundCall:
     request: Message | None = None
     # The SERVER span's context, set when the call enters the chain.
     trace_context: Context | None = None
+    # The access policy that refused the call, for the access log.
+    denied_by: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

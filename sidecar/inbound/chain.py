@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from google.protobuf import json_format
@@ -25,7 +25,8 @@ from agentmesh.telemetry.logs import log_access
 from agentmesh.telemetry.tracing import inject, trace_ids
 from sidecar.config.bootstrap import Bootstrap
 from sidecar.contract import ContractSet, MessageChecker, MethodContract
-from sidecar.errors import ContractViolation, Draining, MeshError, UpstreamUnavailable
+from sidecar.errors import AccessDenied, ContractViolation, Draining, MeshError, UpstreamUnavailable
+from sidecar.filters.rbac import RbacFilter
 from sidecar.filters.tracing import CallTracer, end_span, record_usage
 from sidecar.filters.usage import UsageReader
 from sidecar.inbound.call import SOURCE_AGENT_HEADER, InboundCall, Reply
@@ -64,7 +65,8 @@ class InboundChain:
         upstream: UpstreamAdapter,
         stats: SidecarStats,
         admission: Admission,
-        runtime_headers: Callable[[], dict[str, str]] = dict,
+        access: Callable[[], RbacFilter | None] = lambda: None,
+        runtime_headers: Callable[[], Mapping[str, str]] = dict,
     ) -> None:
         self._agent = bootstrap.agent
         self._upstream_timeout = bootstrap.upstream.timeout
@@ -76,6 +78,7 @@ class InboundChain:
         self._stats = stats
         self._admission = admission
         self._runtime_headers = runtime_headers
+        self._access = access
         self._tracer = CallTracer(agent=self._agent.name, version=self._agent.version, kind=SpanKind.SERVER)
         self._usage = {
             path: reader for path, m in contract.methods.items() if (reader := UsageReader.for_type(m.output))
@@ -138,6 +141,7 @@ class InboundChain:
                     duration_ms=round(elapsed * 1000, 3),
                     trace_id=trace_id,
                     span_id=span_id,
+                    policy=call.denied_by or "",
                 )
 
     def _count_usage(self, call: InboundCall, reply: Reply) -> None:
@@ -151,6 +155,14 @@ class InboundChain:
         """Admission and contract(in): the agent never sees a call that fails here."""
         self._admission.check()
         method = call.method
+        access = self._access()
+        if access is not None:
+            try:
+                access.check(method.path, call.metadata)
+            except AccessDenied as exc:
+                self._stats.access_denied(call.source_agent, exc.policy)
+                call.denied_by = exc.policy
+                raise
         if isinstance(call.body, bytes):
             request = self._checker.parse(method, call.body, side="request")
             wire: bytes | None = call.body

@@ -3,36 +3,30 @@
 The method's service is the capability; the `x-agentmesh-target` metadata key
 narrows the call to one agent (grpcio servers cannot see `:authority`). Any
 method is accepted: the handler is cardinality-agnostic (stream-stream on the
-wire) and the target's contract says whether a reply streams.
+wire) and the target's contract says whether a reply streams. Routing,
+retries and balancing are the egress path's (sidecar/outbound/egress.py).
 """
 
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import AsyncIterator
 
 import grpc
 
-from agentmesh.telemetry.logs import log_access
 from sidecar.errors import ContractViolation, MeshError
 from sidecar.inbound.server import metadata_of
-from sidecar.outbound.forward import Forwarder, PeerStatus
-from sidecar.outbound.targets import TargetDirectory
-from sidecar.stats import SidecarStats
+from sidecar.outbound.egress import Egress
+from sidecar.outbound.forward import PeerStatus
 from sidecar.status import abort
 
-TARGET_HEADER = "x-agentmesh-target"
 # Handlers are cached per method path; paths come from the agent, so bound it.
 MAX_CACHED_HANDLERS = 1024
 
 
 class EgressGrpcHandler(grpc.GenericRpcHandler):
-    def __init__(self, *, directory: TargetDirectory, forwarder: Forwarder, stats: SidecarStats, agent: str) -> None:
-        self._directory = directory
-        self._forwarder = forwarder
-        self._stats = stats
-        self._agent = agent
+    def __init__(self, egress: Egress) -> None:
+        self._egress = egress
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
@@ -48,50 +42,22 @@ class EgressGrpcHandler(grpc.GenericRpcHandler):
         self, path: str, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
         metadata = metadata_of(context)
-        started = time.perf_counter()
-        destination, version, code = metadata.get(TARGET_HEADER, "unknown"), "unknown", "OK"
-        route = None
-        try:
-            target, method = await self._directory.resolve(path, metadata.get(TARGET_HEADER))
-            destination, version = target.name, target.version
-            route = self._stats.route(
-                direction="outbound",
-                source_agent=self._agent,
-                destination_agent=destination,
-                destination_version=version,
-                rpc_method=method.path,
-            )
-            route.start()
-            request = await _single_request(requests)
-            timeout = context.time_remaining()
-            if method.server_streaming:
-                async for chunk in self._forwarder.stream(target, path, request, metadata=metadata, timeout=timeout):
-                    yield chunk
-            else:
-                yield await self._forwarder.unary(target, path, request, metadata=metadata, timeout=timeout)
-        except PeerStatus as exc:
-            code = exc.code.name
-            await context.abort(exc.code, exc.message, exc.trailing_metadata)  # type: ignore[arg-type]
-        except MeshError as exc:
-            code = exc.code.name
-            await abort(context, exc)
-        except BaseException:
-            code = "CANCELLED"
-            raise
-        finally:
-            elapsed = time.perf_counter() - started
-            if route is not None:
-                route.finish(code, elapsed)
-            log_access(
-                direction="outbound",
-                source=self._agent,
-                destination=destination,
-                version=version,
-                method=path,
-                code=code,
-                duration_ms=round(elapsed * 1000, 3),
-                traceparent=metadata.get("traceparent", ""),
-            )
+        with self._egress.observed(path, metadata) as record:
+            try:
+                plan = await self._egress.plan(record, metadata)
+                request = await _single_request(requests)
+                timeout = context.time_remaining()
+                if plan.method.server_streaming:
+                    async for chunk in self._egress.stream(plan, record, request, metadata, timeout):
+                        yield chunk
+                else:
+                    yield await self._egress.unary(plan, record, request, metadata, timeout)
+            except PeerStatus as exc:
+                record.code = exc.code.name
+                await context.abort(exc.code, exc.message, exc.trailing_metadata)  # type: ignore[arg-type]
+            except MeshError as exc:
+                record.code = exc.code.name
+                await abort(context, exc)
 
 
 async def _single_request(requests: AsyncIterator[bytes]) -> bytes:

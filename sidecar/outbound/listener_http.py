@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,11 +24,9 @@ from aiohttp import web
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from agentmesh.telemetry.logs import log_access
 from sidecar.contract import MessageChecker, MethodContract
 from sidecar.errors import HTTP_STATUS, ContractViolation, MeshError, UnknownMethod
-from sidecar.outbound.forward import Forwarder
-from sidecar.outbound.targets import TargetDirectory
+from sidecar.outbound.egress import TARGET_HEADER, Egress, OutboundRecord, Plan
 from sidecar.stats import SidecarStats
 
 TIMEOUT_HEADER = "connect-timeout-ms"
@@ -47,19 +44,15 @@ class EgressHttpListener:
     def __init__(
         self,
         *,
-        directory: TargetDirectory,
-        forwarder: Forwarder,
+        egress: Egress,
         checker: MessageChecker,
         stats: SidecarStats,
-        agent: str,
         default_timeout: float,
         max_body_bytes: int,
     ) -> None:
-        self._directory = directory
-        self._forwarder = forwarder
+        self._egress = egress
         self._checker = checker
         self._stats = stats
-        self._agent = agent
         self._default_timeout = default_timeout
         self._app = web.Application(client_max_size=max_body_bytes)
         self._app.router.add_post("/{agent}/{service}/{method}", self._handle)
@@ -71,8 +64,7 @@ class EgressHttpListener:
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
+        sockets = getattr(site._server, "sockets", None) or []
         return int(sockets[0].getsockname()[1]) if sockets else port
 
     async def stop(self) -> None:
@@ -80,51 +72,23 @@ class EgressHttpListener:
             await self._runner.cleanup()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        agent = request.match_info.get("agent")
         path = f"/{request.match_info['service']}/{request.match_info['method']}"
         metadata = {k.lower(): v for k, v in request.headers.items()}
-        started = time.perf_counter()
-        destination, version, code = agent or "unknown", "unknown", "OK"
-        route = None
-        try:
-            target, method = await self._directory.resolve(path, agent)
-            destination, version = target.name, target.version
-            route = self._stats.route(
-                direction="outbound",
-                source_agent=self._agent,
-                destination_agent=destination,
-                destination_version=version,
-                rpc_method=method.path,
-            )
-            route.start()
-            message = await self._request_message(request, method)
-            timeout = self._timeout(metadata)
-            wire = message.SerializeToString()
-            if method.server_streaming:
-                return await self._stream(request, target, method, wire, metadata, timeout)
-            reply = await self._forwarder.unary(target, path, wire, metadata=metadata, timeout=timeout)
-            return web.json_response(_to_json(method.response_class.FromString(reply)))
-        except MeshError as exc:
-            code = exc.code.name
-            status, body = connect_error(exc)
-            return web.json_response(body, status=status)
-        except BaseException:
-            code = "CANCELLED"
-            raise
-        finally:
-            elapsed = time.perf_counter() - started
-            if route is not None:
-                route.finish(code, elapsed)
-            log_access(
-                direction="outbound",
-                source=self._agent,
-                destination=destination,
-                version=version,
-                method=path,
-                code=code,
-                duration_ms=round(elapsed * 1000, 3),
-                traceparent=metadata.get("traceparent", ""),
-            )
+        if agent := request.match_info.get("agent"):
+            metadata[TARGET_HEADER] = agent
+        with self._egress.observed(path, metadata) as record:
+            try:
+                plan = await self._egress.plan(record, metadata)
+                wire = (await self._request_message(request, plan.method)).SerializeToString()
+                timeout = self._timeout(metadata)
+                if plan.method.server_streaming:
+                    return await self._stream(request, plan, record, wire, metadata, timeout)
+                reply = await self._egress.unary(plan, record, wire, metadata, timeout)
+                return web.json_response(_to_json(plan.method.response_class.FromString(reply)))
+            except MeshError as exc:
+                record.code = exc.code.name
+                status, body = connect_error(exc)
+                return web.json_response(body, status=status)
 
     async def _request_message(self, request: web.Request, method: MethodContract) -> Message:
         if method.client_streaming:
@@ -145,8 +109,8 @@ class EgressHttpListener:
     async def _stream(
         self,
         request: web.Request,
-        target: Any,
-        method: MethodContract,
+        plan: Plan,
+        record: OutboundRecord,
         wire: bytes,
         metadata: Mapping[str, str],
         timeout: float,
@@ -158,18 +122,18 @@ class EgressHttpListener:
                 "Cache-Control": "no-cache",
             }
         )
-        stream = self._forwarder.stream(target, method.path, wire, metadata=metadata, timeout=timeout)
-        async with contextlib.aclosing(stream) as chunks:
+        async with contextlib.aclosing(self._egress.stream(plan, record, wire, metadata, timeout)) as chunks:
             try:
                 async for chunk in chunks:
                     if not response.prepared:
                         await response.prepare(request)
-                    data = json.dumps(_to_json(method.response_class.FromString(chunk)))
+                    data = json.dumps(_to_json(plan.method.response_class.FromString(chunk)))
                     await response.write(f"data: {data}\n\n".encode() if sse else f"{data}\n".encode())
             except MeshError as exc:
                 if not response.prepared:
                     raise
                 # Headers are sent: the error travels in the stream (Connect end-of-stream style).
+                record.code = exc.code.name
                 _, body = connect_error(exc)
                 line = f"event: error\ndata: {json.dumps(body)}\n\n" if sse else json.dumps({"error": body}) + "\n"
                 await response.write(line.encode())
@@ -181,6 +145,3 @@ class EgressHttpListener:
 
 def _to_json(message: Message) -> dict[str, Any]:
     return json_format.MessageToDict(message, preserving_proto_field_name=True)
-
-
-__all__ = ["EgressHttpListener", "connect_error"]

@@ -211,6 +211,7 @@ def running_phoenix(log_dir: Path, *, timeout: float = DEFAULT_START_TIMEOUT) ->
             "PHOENIX_TELEMETRY_ENABLED": "false",
             "PHOENIX_ALLOW_EXTERNAL_RESOURCES": "false",
             "PHOENIX_DISABLE_AGENT_ASSISTANT": "true",
+            "PHOENIX_AGENTS_DISABLE_BASH": "true",
             "PHOENIX_ENABLE_MCP_SERVER": "false",
             "PHOENIX_LOG_MIGRATIONS": "false",
         }

@@ -7,8 +7,10 @@ What the sidecar supports, decided as Envoy decides:
   `ignore_case`, the deprecated `*_match` forms, `present_match`,
   `invert_match`); a matcher with no value matches when the header is present.
 - action: `cluster` or `weighted_clusters` (zero weights dropped), `timeout`
-  (unset or 0: none), `retry_policy` (the route's, else the virtual host's),
-  the first `header` hash policy.
+  (unset or 0: none, and the caller's deadline governs; Envoy would default an
+  unset timeout to 15 s, which is why the control plane always sets it),
+  `retry_policy` (the route's, else the virtual host's), the first `header`
+  hash policy (other hash policies are ignored, as gRPC's xDS client does).
 - retries: gRPC `retry_on` names map to status codes; other conditions
   (`5xx`, `reset`, ...) are HTTP conditions a gRPC upstream never answers with
   and are ignored, as gRPC's xDS client ignores them; a policy left with no

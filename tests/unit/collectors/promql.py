@@ -9,6 +9,7 @@ repository writes, and tested on the constructs they use (tests/unit/collectors/
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -96,7 +97,8 @@ def label_names(expr: str) -> set[str]:
     return labels
 
 
-def canonical_series() -> set[str]:
+@functools.cache
+def canonical_series() -> frozenset[str]:
     """Every series name the canonical metrics expose (histogram suffixes included)."""
     names = set()
     for name, (kind, _) in CANONICAL.items():
@@ -104,7 +106,7 @@ def canonical_series() -> set[str]:
             names.update(name + suffix for suffix in _HISTOGRAM_SUFFIXES)
         else:
             names.add(name)
-    return names
+    return frozenset(names)
 
 
 def known_labels() -> frozenset[str]:
@@ -131,5 +133,6 @@ def rules() -> list[dict]:
     return found
 
 
-def recording_rule_names() -> set[str]:
-    return {rule["record"] for rule in rules() if "record" in rule}
+@functools.cache
+def recording_rule_names() -> frozenset[str]:
+    return frozenset(rule["record"] for rule in rules() if "record" in rule)

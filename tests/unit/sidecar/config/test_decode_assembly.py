@@ -57,21 +57,27 @@ def test_errors_name_the_resource(resources: Resources) -> None:
     broken = with_redirect(resources.routes["agent/researcher"], 3)
     with pytest.raises(DecodeError) as caught:
         decode_resource(pack(broken), type_url=ROUTE_TYPE, agent="planner")
-    assert str(caught.value) == 'RouteConfiguration "agent/researcher": virtual_hosts[0].routes[3]: redirect is not supported'
+    assert (
+        str(caught.value)
+        == 'RouteConfiguration "agent/researcher": virtual_hosts[0].routes[3]: redirect is not supported'
+    )
 
 
 def test_resource_level_refusals() -> None:
     route = pack(route_pb2.RouteConfiguration(name="r"))
-    with pytest.raises(DecodeError, match=r"^a type.googleapis.com/envoy.config.route.v3.RouteConfiguration resource in a Cluster response$"):
+    with pytest.raises(
+        DecodeError,
+        match=r"^a type.googleapis.com/envoy.config.route.v3.RouteConfiguration resource in a Cluster response$",
+    ):
         decode_resource(route, type_url=CLUSTER_TYPE, agent="a")
-    with pytest.raises(DecodeError, match="^a untyped resource in a Cluster response$"):
+    with pytest.raises(DecodeError, match=r"^a untyped resource in a Cluster response$"):
         decode_resource(any_pb2.Any(), type_url=CLUSTER_TYPE, agent="a")
     garbage = any_pb2.Any(type_url=ROUTE_TYPE, value=b"\xff\xff\xff")
-    with pytest.raises(DecodeError, match="^RouteConfiguration: cannot parse the resource: "):
+    with pytest.raises(DecodeError, match=r"^RouteConfiguration: cannot parse the resource: "):
         decode_resource(garbage, type_url=ROUTE_TYPE, agent="a")
-    with pytest.raises(DecodeError, match="^RouteConfiguration without a name$"):
+    with pytest.raises(DecodeError, match=r"^RouteConfiguration without a name$"):
         decode_resource(pack(route_pb2.RouteConfiguration()), type_url=ROUTE_TYPE, agent="a")
-    with pytest.raises(DecodeError, match="^resource type type.googleapis.com/x.Secret is not supported$"):
+    with pytest.raises(DecodeError, match=r"^resource type type\.googleapis\.com/x\.Secret is not supported$"):
         decode_resource(route, type_url="type.googleapis.com/x.Secret", agent="a")
 
 
@@ -84,10 +90,13 @@ def test_decode_all_is_all_or_nothing_and_lists_problems(resources: Resources) -
         decode_all(ROUTE_TYPE, [*good[:1], *bad[1:]], agent="planner")
     message = str(caught.value)
     assert message.count("redirect is not supported") == min(len(bad) - 1, 5)
-    many = [pack(with_redirect(route_pb2.RouteConfiguration(name=f"r{i}", virtual_hosts=configs[0].virtual_hosts), 0)) for i in range(8)]
+    many = [
+        pack(with_redirect(route_pb2.RouteConfiguration(name=f"r{i}", virtual_hosts=configs[0].virtual_hosts), 0))
+        for i in range(8)
+    ]
     with pytest.raises(DecodeError, match=r"\(and 3 more\)$"):
         decode_all(ROUTE_TYPE, many, agent="planner")
-    with pytest.raises(DecodeError, match='^duplicate RouteConfiguration "agent/planner"$'):
+    with pytest.raises(DecodeError, match=r'^duplicate RouteConfiguration "agent/planner"$'):
         decode_all(ROUTE_TYPE, [good[0], good[0]], agent="planner")
 
 

@@ -16,7 +16,6 @@ from envoy.type.v3 import percent_pb2
 from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
-from control_plane.policy.model import OutlierDetection as PolicyOutlier
 from control_plane.policy.model import TrafficPolicySpec
 from control_plane.translate.clusters import eds_cluster
 from sidecar.config.decode import DecodeError
@@ -63,7 +62,9 @@ def test_envoy_defaults_for_a_bare_eds_cluster() -> None:
 def test_service_name_and_self_config_source() -> None:
     named = cluster()
     named.eds_cluster_config.service_name = "shared"
-    named.eds_cluster_config.eds_config.CopyFrom(config_source_pb2.ConfigSource(self=config_source_pb2.SelfConfigSource()))
+    named.eds_cluster_config.eds_config.CopyFrom(
+        config_source_pb2.ConfigSource(self=config_source_pb2.SelfConfigSource())
+    )
     assert decode_cluster(named).service_name == "shared"
 
 
@@ -115,7 +116,11 @@ def test_first_supported_policy_wins() -> None:
     unknown = any_pb2.Any(type_url="type.googleapis.com/example.Custom")
     listed = cluster(
         load_balancing_policy=cluster_pb2.LoadBalancingPolicy(
-            policies=[policy(unknown), policy(pack(round_robin_pb2.RoundRobin())), policy(pack(least_request_pb2.LeastRequest()))]
+            policies=[
+                policy(unknown),
+                policy(pack(round_robin_pb2.RoundRobin())),
+                policy(pack(least_request_pb2.LeastRequest())),
+            ]
         )
     )
     assert decode_cluster(listed).cluster.lb_policy == "round_robin"
@@ -150,7 +155,9 @@ def test_outlier_defaults_and_clamping() -> None:
 
 def test_circuit_breakers_use_the_default_priority_and_budget_defaults() -> None:
     thresholds = [
-        circuit_breaker_pb2.CircuitBreakers.Thresholds(priority=base_pb2.HIGH, max_requests=wrappers_pb2.UInt32Value(value=1)),
+        circuit_breaker_pb2.CircuitBreakers.Thresholds(
+            priority=base_pb2.HIGH, max_requests=wrappers_pb2.UInt32Value(value=1)
+        ),
         circuit_breaker_pb2.CircuitBreakers.Thresholds(
             max_retries=wrappers_pb2.UInt32Value(value=7),
             retry_budget=circuit_breaker_pb2.CircuitBreakers.Thresholds.RetryBudget(),
@@ -164,7 +171,9 @@ def test_circuit_breakers_use_the_default_priority_and_budget_defaults() -> None
 
 
 def test_plaintext_transport_socket_is_fine() -> None:
-    socket = base_pb2.TransportSocket(name="envoy.transport_sockets.raw_buffer", typed_config=pack(raw_buffer_pb2.RawBuffer()))
+    socket = base_pb2.TransportSocket(
+        name="envoy.transport_sockets.raw_buffer", typed_config=pack(raw_buffer_pb2.RawBuffer())
+    )
     assert decode_cluster(cluster(transport_socket=socket)).cluster.name == "agent/researcher/v1"
 
 
@@ -178,12 +187,22 @@ def _set(build: Callable[[cluster_pb2.Cluster], object]) -> Callable[[], cluster
 
 
 REFUSALS: list[tuple[str, Callable[[], cluster_pb2.Cluster], str]] = [
-    ("static", lambda: cluster_pb2.Cluster(name="c", type=cluster_pb2.Cluster.STATIC), "type STATIC is not supported: only EDS clusters are"),
+    (
+        "static",
+        lambda: cluster_pb2.Cluster(name="c", type=cluster_pb2.Cluster.STATIC),
+        "type STATIC is not supported: only EDS clusters are",
+    ),
     ("unset type", lambda: cluster_pb2.Cluster(name="c"), "type STATIC is not supported: only EDS clusters are"),
-    ("dns", lambda: cluster_pb2.Cluster(name="c", type=cluster_pb2.Cluster.STRICT_DNS), "type STRICT_DNS is not supported: only EDS clusters are"),
+    (
+        "dns",
+        lambda: cluster_pb2.Cluster(name="c", type=cluster_pb2.Cluster.STRICT_DNS),
+        "type STRICT_DNS is not supported: only EDS clusters are",
+    ),
     (
         "custom type",
-        lambda: cluster_pb2.Cluster(name="c", cluster_type=cluster_pb2.Cluster.CustomClusterType(name="envoy.clusters.aggregate")),
+        lambda: cluster_pb2.Cluster(
+            name="c", cluster_type=cluster_pb2.Cluster.CustomClusterType(name="envoy.clusters.aggregate")
+        ),
         "cluster_type envoy.clusters.aggregate is not supported: only EDS clusters are",
     ),
     (
@@ -199,7 +218,11 @@ REFUSALS: list[tuple[str, Callable[[], cluster_pb2.Cluster], str]] = [
     ("subsets", _set(lambda c: c.lb_subset_config.SetInParent()), "lb_subset_config is not supported"),
     (
         "tls",
-        _set(lambda c: c.transport_socket.CopyFrom(base_pb2.TransportSocket(name="tls", typed_config=pack(struct_pb2.Struct())))),
+        _set(
+            lambda c: c.transport_socket.CopyFrom(
+                base_pb2.TransportSocket(name="tls", typed_config=pack(struct_pb2.Struct()))
+            )
+        ),
         "transport_socket type.googleapis.com/google.protobuf.Struct is not supported: upstreams are plaintext",
     ),
     (
@@ -207,15 +230,25 @@ REFUSALS: list[tuple[str, Callable[[], cluster_pb2.Cluster], str]] = [
         _set(lambda c: c.transport_socket_matches.add(name="m")),
         "transport_socket_matches is not supported: upstreams are plaintext",
     ),
-    ("zero connect timeout", _set(lambda c: c.connect_timeout.CopyFrom(duration_pb2.Duration())), "connect_timeout must be greater than 0"),
+    (
+        "zero connect timeout",
+        _set(lambda c: c.connect_timeout.CopyFrom(duration_pb2.Duration())),
+        "connect_timeout must be greater than 0",
+    ),
     (
         "unknown policies",
         _set(
-            lambda c: c.load_balancing_policy.policies.append(policy(any_pb2.Any(type_url="type.googleapis.com/x.Custom")))
+            lambda c: c.load_balancing_policy.policies.append(
+                policy(any_pb2.Any(type_url="type.googleapis.com/x.Custom"))
+            )
         ),
         "load_balancing_policy: none of the policies is supported (type.googleapis.com/x.Custom)",
     ),
-    ("cluster_provided", _set(lambda c: setattr(c, "lb_policy", cluster_pb2.Cluster.CLUSTER_PROVIDED)), "lb_policy CLUSTER_PROVIDED is not supported"),
+    (
+        "cluster_provided",
+        _set(lambda c: setattr(c, "lb_policy", cluster_pb2.Cluster.CLUSTER_PROVIDED)),
+        "lb_policy CLUSTER_PROVIDED is not supported",
+    ),
     (
         "zero interval",
         _set(lambda c: c.outlier_detection.interval.CopyFrom(duration_pb2.Duration())),
@@ -226,7 +259,8 @@ REFUSALS: list[tuple[str, Callable[[], cluster_pb2.Cluster], str]] = [
         _set(
             lambda c: c.outlier_detection.CopyFrom(
                 outlier_detection_pb2.OutlierDetection(
-                    base_ejection_time=duration_pb2.Duration(seconds=60), max_ejection_time=duration_pb2.Duration(seconds=30)
+                    base_ejection_time=duration_pb2.Duration(seconds=60),
+                    max_ejection_time=duration_pb2.Duration(seconds=30),
                 )
             )
         ),
@@ -240,7 +274,9 @@ REFUSALS: list[tuple[str, Callable[[], cluster_pb2.Cluster], str]] = [
     (
         "budget over 100",
         _set(
-            lambda c: c.circuit_breakers.thresholds.add().retry_budget.budget_percent.CopyFrom(percent_pb2.Percent(value=150))
+            lambda c: c.circuit_breakers.thresholds.add().retry_budget.budget_percent.CopyFrom(
+                percent_pb2.Percent(value=150)
+            )
         ),
         "circuit_breakers.thresholds.retry_budget.budget_percent is 150, not 0..100",
     ),

@@ -17,9 +17,13 @@ from sidecar.config.decode.endpoints import decode_assignment
 from sidecar.config.snapshot import ClusterEndpoints, Endpoint
 
 
-def lb_endpoint(host: str, port: int, status: int = health_check_pb2.HEALTHY, weight: int | None = None) -> ec.LbEndpoint:
+def lb_endpoint(
+    host: str, port: int, status: int = health_check_pb2.HEALTHY, weight: int | None = None
+) -> ec.LbEndpoint:
     endpoint = ec.LbEndpoint(
-        endpoint=ec.Endpoint(address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address=host, port_value=port))),
+        endpoint=ec.Endpoint(
+            address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address=host, port_value=port))
+        ),
         health_status=status,
     )
     if weight is not None:
@@ -71,7 +75,9 @@ def test_an_empty_assignment_has_no_endpoints() -> None:
     assert decode_assignment(endpoint_pb2.ClusterLoadAssignment(cluster_name="c")).endpoints == ()
 
 
-def _changed(build: Callable[[endpoint_pb2.ClusterLoadAssignment], object]) -> Callable[[], endpoint_pb2.ClusterLoadAssignment]:
+def _changed(
+    build: Callable[[endpoint_pb2.ClusterLoadAssignment], object],
+) -> Callable[[], endpoint_pb2.ClusterLoadAssignment]:
     def make() -> endpoint_pb2.ClusterLoadAssignment:
         result = assignment(lb_endpoint("10.0.0.1", 7001), lb_endpoint("10.0.0.2", 7001))
         build(result)
@@ -84,7 +90,9 @@ E1 = "endpoints[0].lb_endpoints[1]"
 REFUSALS: list[tuple[str, Callable[[], endpoint_pb2.ClusterLoadAssignment], str]] = [
     (
         "hostname",
-        _changed(lambda a: setattr(a.endpoints[0].lb_endpoints[1].endpoint.address.socket_address, "address", "researcher")),
+        _changed(
+            lambda a: setattr(a.endpoints[0].lb_endpoints[1].endpoint.address.socket_address, "address", "researcher")
+        ),
         f"{E1}.endpoint.address.socket_address.address 'researcher' is not an IP address",
     ),
     (
@@ -94,25 +102,37 @@ REFUSALS: list[tuple[str, Callable[[], endpoint_pb2.ClusterLoadAssignment], str]
     ),
     (
         "named port",
-        _changed(lambda a: setattr(a.endpoints[0].lb_endpoints[1].endpoint.address.socket_address, "named_port", "grpc")),
+        _changed(
+            lambda a: setattr(a.endpoints[0].lb_endpoints[1].endpoint.address.socket_address, "named_port", "grpc")
+        ),
         f"{E1}.endpoint.address.socket_address: a port_value is required (named_port is not supported)",
     ),
     (
         "udp",
         _changed(
-            lambda a: setattr(a.endpoints[0].lb_endpoints[1].endpoint.address.socket_address, "protocol", address_pb2.SocketAddress.UDP)
+            lambda a: setattr(
+                a.endpoints[0].lb_endpoints[1].endpoint.address.socket_address,
+                "protocol",
+                address_pb2.SocketAddress.UDP,
+            )
         ),
         f"{E1}.endpoint.address.socket_address: only TCP is supported",
     ),
     (
         "resolver",
-        _changed(lambda a: setattr(a.endpoints[0].lb_endpoints[1].endpoint.address.socket_address, "resolver_name", "dns")),
+        _changed(
+            lambda a: setattr(a.endpoints[0].lb_endpoints[1].endpoint.address.socket_address, "resolver_name", "dns")
+        ),
         f"{E1}.endpoint.address.socket_address.resolver_name is not supported",
     ),
     (
         "pipe",
         _changed(
-            lambda a: a.endpoints[0].lb_endpoints[1].endpoint.address.CopyFrom(address_pb2.Address(pipe=address_pb2.Pipe(path="/s")))
+            lambda a: (
+                a.endpoints[0]
+                .lb_endpoints[1]
+                .endpoint.address.CopyFrom(address_pb2.Address(pipe=address_pb2.Pipe(path="/s")))
+            )
         ),
         f"{E1}.endpoint.address: only socket_address is supported",
     ),
@@ -128,7 +148,9 @@ REFUSALS: list[tuple[str, Callable[[], endpoint_pb2.ClusterLoadAssignment], str]
     ),
     (
         "zero weight",
-        _changed(lambda a: a.endpoints[0].lb_endpoints[1].load_balancing_weight.CopyFrom(wrappers_pb2.UInt32Value(value=0))),
+        _changed(
+            lambda a: a.endpoints[0].lb_endpoints[1].load_balancing_weight.CopyFrom(wrappers_pb2.UInt32Value(value=0))
+        ),
         f"{E1}.load_balancing_weight must be at least 1",
     ),
     (

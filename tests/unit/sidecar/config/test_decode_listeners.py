@@ -9,7 +9,6 @@ import pytest
 from envoy.config.core.v3 import base_pb2, config_source_pb2
 from envoy.config.listener.v3 import api_listener_pb2, listener_components_pb2, listener_pb2
 from envoy.config.rbac.v3 import rbac_pb2 as rbac_config
-from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_filter
@@ -53,7 +52,9 @@ def manager_of(listener: listener_pb2.Listener) -> hcm.HttpConnectionManager:
     return manager
 
 
-def with_manager(listener: listener_pb2.Listener, change: Callable[[hcm.HttpConnectionManager], object]) -> listener_pb2.Listener:
+def with_manager(
+    listener: listener_pb2.Listener, change: Callable[[hcm.HttpConnectionManager], object]
+) -> listener_pb2.Listener:
     manager = manager_of(listener)
     change(manager)
     if listener.HasField("api_listener"):
@@ -75,17 +76,24 @@ def test_api_listener() -> None:
 def test_optional_and_disabled_filters_are_skipped_on_api_listeners() -> None:
     def add(manager: hcm.HttpConnectionManager) -> None:
         router = manager.http_filters.pop()
-        manager.http_filters.extend([filter_of(fault_pb2.HTTPFault(), is_optional=True), filter_of(fault_pb2.HTTPFault(), disabled=True)])
+        manager.http_filters.extend(
+            [filter_of(fault_pb2.HTTPFault(), is_optional=True), filter_of(fault_pb2.HTTPFault(), disabled=True)]
+        )
         manager.http_filters.append(router)
 
-    assert decode_listener(with_manager(api_listener("researcher", "r"), add), agent="planner") == ApiListener("researcher", "r")
+    assert decode_listener(with_manager(api_listener("researcher", "r"), add), agent="planner") == ApiListener(
+        "researcher", "r"
+    )
 
 
 def test_inbound_listener_of_this_agent() -> None:
     listener = inbound_listener(RESEARCHER, ACCESS, {"model": "small-model", "max-sources": "5"})
     decoded = decode_listener(listener, agent="researcher")
     assert isinstance(decoded, InboundConfig)
-    assert dict(decoded.request_headers) == {"x-agentmesh-config-max-sources": "5", "x-agentmesh-config-model": "small-model"}
+    assert dict(decoded.request_headers) == {
+        "x-agentmesh-config-max-sources": "5",
+        "x-agentmesh-config-model": "small-model",
+    }
     assert [type(c) for c in decoded.rbac] == [RbacConfig, RbacConfig]
     deny, allow = decoded.rbac
     assert isinstance(deny, RbacConfig) and isinstance(allow, RbacConfig)
@@ -157,13 +165,24 @@ def _bad_rbac(manager: hcm.HttpConnectionManager) -> None:
     manager.http_filters.insert(0, filter_of(rbac_filter.RBAC(rules=rules), "bad-rbac"))
 
 
+def _chain(change: Callable[[listener_pb2.Listener], object]) -> listener_pb2.Listener:
+    listener = inbound_listener(RESEARCHER, None, {})
+    change(listener)
+    return listener
+
+
+FAULT_TYPE = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
+RBAC_TYPE = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
+OVERWRITE_ONLY = "only append_action OVERWRITE_IF_EXISTS_OR_ADD is supported"
 API = "api_listener.api_listener"
 IN = "filter_chains[0].filters[0].typed_config"
 REFUSALS: list[tuple[str, str, Callable[[], listener_pb2.Listener], str]] = [
     (
         "api listener not hcm",
         "planner",
-        lambda: listener_pb2.Listener(name="x", api_listener=api_listener_pb2.ApiListener(api_listener=pack(struct_pb2.Struct()))),
+        lambda: listener_pb2.Listener(
+            name="x", api_listener=api_listener_pb2.ApiListener(api_listener=pack(struct_pb2.Struct()))
+        ),
         f"{API}: type.googleapis.com/google.protobuf.Struct is not supported (expected HttpConnectionManager)",
     ),
     (
@@ -184,41 +203,54 @@ REFUSALS: list[tuple[str, str, Callable[[], listener_pb2.Listener], str]] = [
         _api(lambda m: setattr(m.rds, "route_config_name", "")),
         f"{API}.rds.route_config_name is empty",
     ),
-    ("no router", "planner", _api(lambda m: m.http_filters.pop()), f"{API}.http_filters: the last filter must be the router (envoy.filters.http.router)"),
+    (
+        "no router",
+        "planner",
+        _api(lambda m: m.http_filters.pop()),
+        f"{API}.http_filters: the last filter must be the router (envoy.filters.http.router)",
+    ),
     (
         "unknown filter on an api listener",
         "planner",
         _api(_insert(fault_pb2.HTTPFault())),
-        f"{API}.http_filters[0] (extra): type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault is not supported",
+        f"{API}.http_filters[0] (extra): {FAULT_TYPE} is not supported",
     ),
     (
         "rbac on an api listener",
         "planner",
         _api(_insert(rbac_filter.RBAC())),
-        f"{API}.http_filters[0] (extra): type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC is not supported",
+        f"{API}.http_filters[0] (extra): {RBAC_TYPE} is not supported",
     ),
     (
         "router twice",
         "planner",
-        _api(lambda m: m.http_filters.insert(0, hcm.HttpFilter(name="r0", typed_config=any_pb2.Any(type_url=ROUTER_TYPE)))),
+        _api(
+            lambda m: m.http_filters.insert(
+                0, hcm.HttpFilter(name="r0", typed_config=any_pb2.Any(type_url=ROUTER_TYPE))
+            )
+        ),
         f"{API}.http_filters[0] (r0): the router must be the last filter",
     ),
     (
         "filter config discovery",
         "planner",
-        _api(lambda m: m.http_filters.insert(0, hcm.HttpFilter(name="ecds", config_discovery=config_source_pb2.ExtensionConfigSource()))),
+        _api(
+            lambda m: m.http_filters.insert(
+                0, hcm.HttpFilter(name="ecds", config_discovery=config_source_pb2.ExtensionConfigSource())
+            )
+        ),
         f"{API}.http_filters[0] (ecds): config_discovery is not supported",
     ),
     (
         "two filter chains",
         "researcher",
-        lambda: (lambda l: (l.filter_chains.add(), l)[1])(inbound_listener(RESEARCHER, None, {})),
+        lambda: _chain(lambda listener: listener.filter_chains.add()),
         "filter_chains: 2 filter chains; the sidecar supports exactly one",
     ),
     (
         "two network filters",
         "researcher",
-        lambda: (lambda l: (l.filter_chains[0].filters.add(name="tcp"), l)[1])(inbound_listener(RESEARCHER, None, {})),
+        lambda: _chain(lambda listener: listener.filter_chains[0].filters.add(name="tcp")),
         "filter_chains[0].filters: expected one HttpConnectionManager, got 2 filters",
     ),
     (
@@ -249,24 +281,34 @@ REFUSALS: list[tuple[str, str, Callable[[], listener_pb2.Listener], str]] = [
         "appending header",
         "researcher",
         _inbound(_option(header=base_pb2.HeaderValue(key="x", value="1"))),
-        f"{IN}.route_config.virtual_hosts[0].request_headers_to_add[1]: only append_action OVERWRITE_IF_EXISTS_OR_ADD is supported",
+        f"{IN}.route_config.virtual_hosts[0].request_headers_to_add[1]: {OVERWRITE_ONLY}",
     ),
     (
         "append true",
         "researcher",
         _inbound(_option(header=base_pb2.HeaderValue(key="x", value="1"), append=wrappers_pb2.BoolValue(value=True))),
-        f"{IN}.route_config.virtual_hosts[0].request_headers_to_add[1]: only append_action OVERWRITE_IF_EXISTS_OR_ADD is supported",
+        f"{IN}.route_config.virtual_hosts[0].request_headers_to_add[1]: {OVERWRITE_ONLY}",
     ),
     (
         "pseudo header",
         "researcher",
-        _inbound(_option(header=base_pb2.HeaderValue(key=":path", value="/"), append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD)),
+        _inbound(
+            _option(
+                header=base_pb2.HeaderValue(key=":path", value="/"),
+                append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+            )
+        ),
         f"{IN}.route_config.virtual_hosts[0].request_headers_to_add[1]: header ':path' cannot be set",
     ),
     (
         "raw value not utf-8",
         "researcher",
-        _inbound(_option(header=base_pb2.HeaderValue(key="x", raw_value=b"\xff"), append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD)),
+        _inbound(
+            _option(
+                header=base_pb2.HeaderValue(key="x", raw_value=b"\xff"),
+                append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+            )
+        ),
         f"{IN}.route_config.virtual_hosts[0].request_headers_to_add[1]: raw_value is not UTF-8",
     ),
 ]

@@ -143,7 +143,9 @@ def test_weighted_clusters_drop_zero_weights() -> None:
             rc.WeightedCluster.ClusterWeight(name="v3", weight=wrappers_pb2.UInt32Value(value=0)),
         ]
     )
-    decoded = only_route(config(rc.Route(match=rc.RouteMatch(prefix="/"), route=rc.RouteAction(weighted_clusters=split))))
+    decoded = only_route(
+        config(rc.Route(match=rc.RouteMatch(prefix="/"), route=rc.RouteAction(weighted_clusters=split)))
+    )
     assert decoded.action.clusters == (WeightedCluster("v1", 90), WeightedCluster("v2", 10))
 
 
@@ -281,7 +283,9 @@ REFUSALS: list[tuple[str, Callable[[], route_pb2.RouteConfiguration], str]] = [
     (
         "range_match",
         lambda: _with_route(
-            lambda r: r.match.headers.append(rc.HeaderMatcher(name="n", range_match=range_pb2.Int64Range(start=1, end=2)))
+            lambda r: r.match.headers.append(
+                rc.HeaderMatcher(name="n", range_match=range_pb2.Int64Range(start=1, end=2))
+            )
         ),
         f"{R3}.match.headers[0]: range_match is not supported",
     ),
@@ -353,7 +357,9 @@ REFUSALS: list[tuple[str, Callable[[], route_pb2.RouteConfiguration], str]] = [
         "backoff without base",
         lambda: _with_route(
             lambda r: r.route.retry_policy.CopyFrom(
-                rc.RetryPolicy(retry_on="unavailable", retry_back_off=rc.RetryPolicy.RetryBackOff(max_interval=seconds(1)))
+                rc.RetryPolicy(
+                    retry_on="unavailable", retry_back_off=rc.RetryPolicy.RetryBackOff(max_interval=seconds(1))
+                )
             )
         ),
         f"{R3}.route.retry_policy.retry_back_off.base_interval must be set and greater than 0",
@@ -396,5 +402,5 @@ def test_virtual_host_and_configuration_refusals() -> None:
         decode_route_configuration(config(route(), request_headers_to_add=headers))
     top = config(route())
     top.request_headers_to_remove.append("k")
-    with pytest.raises(DecodeError, match="^request_headers_to_remove is not supported$"):
+    with pytest.raises(DecodeError, match=r"^request_headers_to_remove is not supported$"):
         decode_route_configuration(top)

@@ -10,8 +10,18 @@ sizes) so the three dashboards read alike.
 
 from __future__ import annotations
 
-from grafana_foundation_sdk.builders import bargauge, common, dashboard, heatmap, prometheus, stat, table, tempo
-from grafana_foundation_sdk.builders import statetimeline, timeseries
+from grafana_foundation_sdk.builders import (
+    bargauge,
+    common,
+    dashboard,
+    heatmap,
+    prometheus,
+    stat,
+    statetimeline,
+    table,
+    tempo,
+    timeseries,
+)
 from grafana_foundation_sdk.cog import builder as cogbuilder
 from grafana_foundation_sdk.cog import variants as cogvariants
 from grafana_foundation_sdk.models import common as common_models
@@ -57,7 +67,9 @@ def error_ratio(selector: str, by: str = "") -> str:
 def latency_quantile(quantile: float, selector: str, by: str = "") -> str:
     """The `quantile` of call duration, interpolated within the histogram buckets."""
     grouping = f"le, {by}" if by else "le"
-    return f"histogram_quantile({quantile}, sum by ({grouping}) (rate({DURATION_BUCKETS}{{{selector}}}[{RATE_WINDOW}])))"
+    return (
+        f"histogram_quantile({quantile}, sum by ({grouping}) (rate({DURATION_BUCKETS}{{{selector}}}[{RATE_WINDOW}])))"
+    )
 
 
 def prom(expr: str, legend: str = "", *, instant: bool = False, exemplar: bool = False) -> prometheus.Dataquery:
@@ -65,10 +77,7 @@ def prom(expr: str, legend: str = "", *, instant: bool = False, exemplar: bool =
     query = prometheus.Dataquery().expr(expr).datasource(PROMETHEUS)
     if legend:
         query = query.legend_format(legend)
-    if instant:
-        query = query.instant().format(prometheus_models.PromQueryFormat.TABLE)
-    else:
-        query = query.range()
+    query = query.instant().format(prometheus_models.PromQueryFormat.TABLE) if instant else query.range()
     if exemplar:
         query = query.exemplar(True)
     return query
@@ -111,7 +120,11 @@ def time_series(
         .span(width)
         .height(height)
         .legend(_legend())
-        .tooltip(common.VizTooltipOptions().mode(common_models.TooltipDisplayMode.MULTI).sort(common_models.SortOrder.DESCENDING))
+        .tooltip(
+            common.VizTooltipOptions()
+            .mode(common_models.TooltipDisplayMode.MULTI)
+            .sort(common_models.SortOrder.DESCENDING)
+        )
         .line_width(1)
         .fill_opacity(20 if stacked else 5)
         .show_points(common_models.VisibilityMode.NEVER)
@@ -166,7 +179,9 @@ def stat_panel(
     return panel
 
 
-def bar_gauge(title: str, unit: str, *queries: Query, description: str = "", width: int = 12, height: int = 8) -> bargauge.Panel:
+def bar_gauge(
+    title: str, unit: str, *queries: Query, description: str = "", width: int = 12, height: int = 8
+) -> bargauge.Panel:
     """Horizontal bars, one per series (instant queries over the dashboard's range)."""
     panel = (
         bargauge.Panel()
@@ -188,7 +203,12 @@ def bar_gauge(title: str, unit: str, *queries: Query, description: str = "", wid
 
 
 def state_timeline(
-    title: str, *queries: Query, mappings: dict[str, tuple[str, str]], description: str = "", width: int = 12, height: int = 8
+    title: str,
+    *queries: Query,
+    mappings: dict[str, tuple[str, str]],
+    description: str = "",
+    width: int = 12,
+    height: int = 8,
 ) -> statetimeline.Panel:
     """One lane per series, coloured by value (e.g. healthy / unhealthy)."""
     panel = (

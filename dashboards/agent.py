@@ -35,6 +35,8 @@ SELECTED = 'direction="inbound",agent="$agent",version=~"$version",rpc_method=~"
 AGENT = 'direction="inbound",agent="$agent"'
 # The agent's own calls to other agents.
 OUTBOUND = 'direction="outbound",agent="$agent"'
+# Other agents' calls to this one, as their sidecars route them.
+CALLERS = 'direction="outbound",destination_agent="$agent"'
 
 
 def _variable(name: str, label: str, query: str, *, multi: bool) -> dashboard.QueryVariable:
@@ -63,7 +65,11 @@ def build() -> dashboard.Dashboard:
         .time("now-3h", "now")
         .timezone("browser")
         .link(mesh_links())
-        .with_variable(_variable("agent", "Agent", 'label_values(agentmesh_requests_total{direction="inbound"}, agent)', multi=False))
+        .with_variable(
+            _variable(
+                "agent", "Agent", 'label_values(agentmesh_requests_total{direction="inbound"}, agent)', multi=False
+            )
+        )
         .with_variable(
             _variable(
                 "version",
@@ -123,7 +129,9 @@ def build() -> dashboard.Dashboard:
         )
         # RED by method.
         .with_row(row("Methods"))
-        .with_panel(time_series("Calls/s by method", "reqps", prom(request_rate(SELECTED, "rpc_method"), "{{rpc_method}}")))
+        .with_panel(
+            time_series("Calls/s by method", "reqps", prom(request_rate(SELECTED, "rpc_method"), "{{rpc_method}}"))
+        )
         .with_panel(
             time_series(
                 "Failed calls by method",
@@ -165,7 +173,8 @@ def build() -> dashboard.Dashboard:
                 "Calls in flight",
                 "short",
                 prom(
-                    'sum by (version) (agentmesh_requests_in_flight{direction="inbound",agent="$agent",version=~"$version"})',
+                    "sum by (version) "
+                    '(agentmesh_requests_in_flight{direction="inbound",agent="$agent",version=~"$version"})',
                     "inbound {{version}}",
                 ),
                 prom(
@@ -189,7 +198,8 @@ def build() -> dashboard.Dashboard:
                 "Retries/s",
                 "reqps",
                 prom(
-                    'sum by (destination_agent, reason) (rate(agentmesh_retries_total{agent="$agent"}[$__rate_interval]))',
+                    "sum by (destination_agent, reason) "
+                    '(rate(agentmesh_retries_total{agent="$agent"}[$__rate_interval]))',
                     "to {{destination_agent}}: {{reason}}",
                 ),
                 prom(
@@ -208,10 +218,7 @@ def build() -> dashboard.Dashboard:
                 "Traffic split seen by callers",
                 "percentunit",
                 prom(
-                    "sum by (destination_version) "
-                    '(rate(agentmesh_requests_total{direction="outbound",destination_agent="$agent"}[$__rate_interval])) '
-                    "/ scalar(sum "
-                    '(rate(agentmesh_requests_total{direction="outbound",destination_agent="$agent"}[$__rate_interval])))',
+                    f"{request_rate(CALLERS, 'destination_version')} / scalar({request_rate(CALLERS)})",
                     "{{destination_version}}",
                 ),
                 description="Share of callers' calls routed to each version (the weighted split in action).",

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import signal
 import tempfile
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -169,6 +170,7 @@ class Sidecar:
             runtime_config=self.runtime_config,
         )
         self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Future[None]] = set()
         self.registrar: Registrar | None = None
         self.xds: AdsClient | None = None
 
@@ -179,6 +181,15 @@ class Sidecar:
         self._access = RbacFilter.build(inbound.rbac) if inbound is not None else None
         self._config_headers = dict(inbound.request_headers) if inbound is not None else {}
         self.mesh = snapshot
+        # Learn new endpoints' contracts now, not on the first call that picks them.
+        addresses = {e.address for assignment in snapshot.endpoints.values() for e in assignment.endpoints}
+        self._in_background(self.targets.prefetch(addresses))
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Runs short work off the caller's path, keeping a reference until it ends."""
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def runtime_config(self) -> dict[str, str]:
         """AgentConfig values in force (header names without the x-agentmesh-config- prefix)."""
@@ -216,6 +227,7 @@ class Sidecar:
             },
             "targets": self.targets.describe(),
             "xds": self.xds.describe() if self.xds is not None else None,
+            "clusters": {state.name: state.describe() for state in self.clusters},
             "runtime_config": self.runtime_config(),
             "admission": {"agent_healthy": self.admission.agent_healthy, "draining": self.admission.draining},
             "manifest": json_format.MessageToDict(self.manifest, preserving_proto_field_name=True)
@@ -227,7 +239,7 @@ class Sidecar:
         self.admission.reason = "ok" if healthy else (self._prober.last_error or "probe failing")
         self.stats.set_upstream_healthy(healthy)
         if not self.admission.draining:
-            self._tasks.append(asyncio.ensure_future(self.inbound.set_serving(healthy)))
+            self._in_background(self.inbound.set_serving(healthy))
         if self.registrar is not None:
             self.registrar.health_changed()
 

@@ -80,6 +80,7 @@ class Registrar:
 
     async def _reports(self) -> AsyncIterator[control_pb2.InstanceReport]:
         self._heartbeat = DEFAULT_HEARTBEAT
+        self._changed.clear()  # the first report carries the current health
         yield control_pb2.InstanceReport(
             manifest=self._manifest,
             address=self._address,
@@ -88,7 +89,9 @@ class Registrar:
             zone=self._zone,
         )
         while True:
-            self._changed.clear()
+            # A change that happened while the previous report was being sent is not lost:
+            # the event is cleared only after it woke us.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), self._heartbeat)
+            self._changed.clear()
             yield control_pb2.InstanceReport(healthy=self._healthy())

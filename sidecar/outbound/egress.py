@@ -118,6 +118,7 @@ class Egress:
                 code=record.code,
                 duration_ms=round(elapsed * 1000, 3),
                 attempt=max(record.attempts, 1),
+                trace_id=_trace_id(headers.get("traceparent", "")),
             )
 
     async def plan(self, record: OutboundRecord, headers: Mapping[str, str]) -> Plan:
@@ -156,17 +157,26 @@ class Egress:
         record.stats.start()
 
     async def _attempt(self, cluster: ClusterState) -> tuple[Attempt, Target]:
-        """Picks an endpoint and loads its contract; an unreachable endpoint counts as a failed attempt."""
-        tried = 0
-        while True:
+        """Picks an endpoint and loads its contract; an unreachable endpoint counts as a failed attempt.
+
+        Endpoints that failed here are not picked again for this call (the balancer
+        is random, and would otherwise keep choosing a dead one before ejection).
+        """
+        failed: set[str] = set()
+        for _ in range(2 * len(cluster.endpoints) + 1):
             attempt = cluster.start()
+            address = attempt.endpoint.address
+            if address in failed:
+                attempt.finish(grpc.StatusCode.CANCELLED)  # not a result: says nothing about the endpoint
+                continue
             try:
-                return attempt, await self._directory.at(attempt.endpoint.address)
+                return attempt, await self._directory.at(address)
             except NoRoute:
                 attempt.finish(grpc.StatusCode.UNAVAILABLE)
-                tried += 1
-                if tried >= max(len(cluster.endpoints), 1):
-                    raise
+                failed.add(address)
+                if len(failed) >= len(cluster.endpoints):
+                    break
+        raise NoRoute(f"no endpoint of {cluster.name} answers (tried {', '.join(sorted(failed)) or 'none'})")
 
     async def unary(
         self, plan: Plan, record: OutboundRecord, request: bytes, metadata: Mapping[str, str], timeout: float | None
@@ -252,6 +262,12 @@ class Egress:
             self._finish(plan, grpc.StatusCode.CANCELLED)
             raise
         return True
+
+
+def _trace_id(traceparent: str) -> str:
+    """The trace id of a W3C traceparent (`00-<trace id>-<span id>-<flags>`), or ""."""
+    parts = traceparent.split("-")
+    return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else ""
 
 
 def _deadline(caller: float | None, route: float | None) -> float | None:

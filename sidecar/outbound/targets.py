@@ -112,6 +112,11 @@ class TargetDirectory:
             log.info("target at %s: %s %s, services %s", address, target.name, target.version, target.contract.services)
             return target
 
+    async def prefetch(self, addresses: Iterable[str]) -> None:
+        """Loads the contracts of targets not known yet (in the background, when config changes)."""
+        missing = [a for a in addresses if a not in self._known]
+        await asyncio.gather(*(self.at(a) for a in missing), return_exceptions=True)
+
     async def static(self, path: str, agent: str | None) -> Target:
         """Static routing (no control plane): the named target, or any static target implementing the service."""
         if agent:

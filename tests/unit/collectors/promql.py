@@ -100,7 +100,7 @@ def label_names(expr: str) -> set[str]:
 @functools.cache
 def canonical_series() -> frozenset[str]:
     """Every series name the canonical metrics expose (histogram suffixes included)."""
-    names = set()
+    names: set[str] = set()
     for name, (kind, _) in CANONICAL.items():
         if kind == "histogram":
             names.update(name + suffix for suffix in _HISTOGRAM_SUFFIXES)
@@ -126,7 +126,7 @@ def load_yaml(path: Path) -> dict:
 
 def rules() -> list[dict]:
     """Every rule of collectors/prometheus/rules, with the group name under "group"."""
-    found = []
+    found: list[dict] = []
     for path in RULE_FILES:
         for group in load_yaml(path)["groups"]:
             found.extend({**rule, "group": group["name"], "file": path.name} for rule in group["rules"])

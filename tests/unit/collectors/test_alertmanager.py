@@ -19,7 +19,9 @@ from tests.unit.collectors.promql import COLLECTORS, load_yaml, rules
 CONFIG_PATH = COLLECTORS / "alertmanager" / "alertmanager.yml"
 CONFIG = load_yaml(CONFIG_PATH)
 AMTOOL = shutil.which("amtool")
-needs_amtool = pytest.mark.skipif(AMTOOL is None, reason="amtool not installed (apt-get install prometheus-alertmanager)")
+needs_amtool = pytest.mark.skipif(
+    AMTOOL is None, reason="amtool not installed (apt-get install prometheus-alertmanager)"
+)
 
 
 def amtool(*args: str | Path) -> subprocess.CompletedProcess[str]:

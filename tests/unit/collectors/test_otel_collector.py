@@ -66,7 +66,10 @@ def test_wiring_is_consistent() -> None:
 @pytest.mark.parametrize(
     ("mutate", "problem"),
     [
-        (lambda c: c["service"]["pipelines"]["traces"]["exporters"].append("otlp/jaeger"), "otlp/jaeger is not defined"),
+        (
+            lambda c: c["service"]["pipelines"]["traces"]["exporters"].append("otlp/jaeger"),
+            "otlp/jaeger is not defined",
+        ),
         (lambda c: c["exporters"].update({"debug": {}}), "exporter debug is defined but used in no pipeline"),
         (lambda c: c["service"]["pipelines"]["logs"].update({"receivers": []}), "pipeline logs: no receivers"),
         (lambda c: c["service"]["pipelines"].update({"profiles": {}}), "unknown signal profiles"),

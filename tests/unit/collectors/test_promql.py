@@ -13,8 +13,8 @@ from tests.unit.collectors.promql import canonical_series, known_labels, label_n
         ("up", {"up"}),
         ('sum by (agent) (rate(agentmesh_requests_total{direction="inbound"}[5m]))', {"agentmesh_requests_total"}),
         (
-            "histogram_quantile(0.99, sum by (le, agent) (rate(agentmesh_request_duration_seconds_bucket[$__rate_interval])))",
-            {"agentmesh_request_duration_seconds_bucket"},
+            "histogram_quantile(0.99, sum by (le, agent) (rate(x_bucket[$__rate_interval])))",
+            {"x_bucket"},
         ),
         ("a:b:rate5m / on (agent) group_left () c:d:ratio", {"a:b:rate5m", "c:d:ratio"}),
         ("max by (agent) (x > 0 < 1) or on (agent) group by (agent) (y) * on () group_left () z", {"x", "y", "z"}),

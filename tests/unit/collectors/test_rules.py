@@ -6,11 +6,14 @@ Runs without promtool: it reads the YAML. test_promtool.py runs the tests themse
 from __future__ import annotations
 
 import functools
+import subprocess
+import sys
 from collections import defaultdict
 
 import pytest
 
 from tests.unit.collectors.promql import (
+    PROMETHEUS_DIR,
     RULE_TEST_FILES,
     canonical_series,
     known_labels,
@@ -145,3 +148,12 @@ def test_every_alert_is_tested_firing_and_not_firing(alert: dict) -> None:
 def test_unit_tests_name_only_existing_alerts() -> None:
     _, outcomes = _unit_tests()
     assert set(outcomes) <= {rule["alert"] for rule in ALERTS}
+
+
+def test_slo_unit_tests_are_generated_from_their_model() -> None:
+    """slo_test.yml is the output of make_slo_test.py (expected values computed from the definitions)."""
+    script = PROMETHEUS_DIR / "tests" / "make_slo_test.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--check"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
+from agentmesh.telemetry.logs import JsonFormatter
 from dashboards import generate
 from sidecar.stats import SidecarStats
 from tests.unit.collectors.promql import canonical_series, known_labels, label_names, load_yaml, metric_names
 
 PROVISIONING = Path(generate.__file__).resolve().parent / "provisioning"
-DATASOURCES = {source["uid"]: source for source in load_yaml(PROVISIONING / "datasources" / "agentmesh.yaml")["datasources"]}
+DATASOURCES = {
+    source["uid"]: source for source in load_yaml(PROVISIONING / "datasources" / "agentmesh.yaml")["datasources"]
+}
 
 
 def references(node: Any) -> list[dict[str, str]]:
@@ -52,7 +58,11 @@ def test_every_datasource_reference_is_provisioned(name: str) -> None:
 def exemplar_label_of_the_sidecar() -> str:
     stats = SidecarStats(agent="writer", version="v1", team="content")
     route = stats.route(
-        direction="inbound", source_agent="planner", destination_agent="writer", destination_version="v1", rpc_method="/a.B/C"
+        direction="inbound",
+        source_agent="planner",
+        destination_agent="writer",
+        destination_version="v1",
+        rpc_method="/a.B/C",
     )
     route.start()
     route.finish("OK", 0.02, trace_id="4bf92f3577b34da6a3ce929d0e0e4736")
@@ -76,6 +86,8 @@ def test_tempo_links_to_logs_and_metrics() -> None:
     tempo = DATASOURCES["tempo"]["jsonData"]
     assert tempo["tracesToLogsV2"]["datasourceUid"] == "loki"
     assert tempo["tracesToLogsV2"]["filterByTraceID"] is True
+    # Loki's OTLP endpoint turns the resource attribute service.name into the label service_name.
+    assert tempo["tracesToLogsV2"]["tags"] == [{"key": "service.name", "value": "service_name"}]
     assert tempo["tracesToMetrics"]["datasourceUid"] == "prometheus"
     # The span attribute naming the agent becomes the metrics' agent label.
     assert {"key": "gen_ai.agent.name", "value": "agent"} in tempo["tracesToMetrics"]["tags"]
@@ -93,10 +105,24 @@ def test_tempo_metric_queries_read_canonical_metrics() -> None:
 
 
 def test_loki_log_lines_open_their_trace() -> None:
-    [field] = DATASOURCES["loki"]["jsonData"]["derivedFields"]
-    assert field["datasourceUid"] == "tempo"
-    assert (field["matcherType"], field["matcherRegex"]) == ("label", "trace_id")
-    assert field["url"] == "$${__value.raw}"
+    metadata, line = DATASOURCES["loki"]["jsonData"]["derivedFields"]
+    assert (metadata["matcherType"], metadata["matcherRegex"]) == ("label", "trace_id")
+    assert line["matcherType"] == "regex"
+    for field in (metadata, line):
+        assert field["datasourceUid"] == "tempo"
+        assert field["url"] == "$${__value.raw}"
+
+
+def test_the_trace_id_of_a_json_log_line_is_found() -> None:
+    """The regex finds the trace id in a line as agentmesh.telemetry.logs writes it."""
+    _, line = DATASOURCES["loki"]["jsonData"]["derivedFields"]
+    record = logging.LogRecord("agentmesh.access", logging.INFO, __file__, 1, "call", None, None)
+    provider = TracerProvider()
+    with provider.get_tracer("test").start_as_current_span("call") as span:
+        text = JsonFormatter(component="sidecar").format(record)
+        trace_id = format(span.get_span_context().trace_id, "032x")
+    [found] = re.findall(line["matcherRegex"], text)
+    assert found == trace_id
 
 
 def test_dashboards_provider_reads_a_directory_of_files() -> None:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import functools
+
 import pytest
 
 from control_plane.xds.cache import SnapshotCache
@@ -187,7 +189,7 @@ def test_group_watches_fire_for_the_nodes_that_group_serves():
     cache = SnapshotCache()
     calls: list[str] = []
     for node in ("sidecar", "gateway~a", "gateway~edge-1", "gateway~own"):
-        cache.watch(node, lambda node=node: calls.append(node))
+        cache.watch(node, functools.partial(calls.append, node))
     cache.set_snapshot("gateway~own", agent_snapshot("o", endpoints={"v1": [1]}))
     calls.clear()
 

@@ -114,7 +114,7 @@ def researchers(control_plane: ControlPlaneProcess, tmp_path: Path) -> Iterator[
 def test_registration_health_and_deregistration(
     control_plane: ControlPlaneProcess, researchers: tuple[AgentUnderTest, AgentUnderTest]
 ) -> None:
-    v1, v2 = researchers
+    _v1, v2 = researchers
     described = agents(control_plane)["researcher"]
     assert described["services"] == ["research.v1.Researcher"]  # type: ignore[index]
     # The agent behind v2 dies: its sidecar reports it unhealthy.

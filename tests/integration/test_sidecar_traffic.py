@@ -7,6 +7,7 @@ control plane is gone.
 
 from __future__ import annotations
 
+import functools
 import json
 import signal
 import urllib.request
@@ -96,15 +97,13 @@ def mesh(
             tmp_path, "planner", control_plane={**link, "config_cache": str(tmp_path / "planner-xds.json")}
         ) as planner,
     ):
-        for version in ("v1", "v2"):
-            wait_for(
-                lambda v=version: healthy_endpoints(planner, f"agent/researcher/{v}") == 1, what=f"{version} healthy"
-            )
+        for cluster in ("agent/researcher/v1", "agent/researcher/v2"):
+            wait_for(functools.partial(one_healthy, planner, cluster), what=f"{cluster} healthy")
         yield Mesh(control_plane, tmp_path), v1, v2, planner
 
 
 def test_canary_split_pinning_and_config(mesh: Any, messages: Messages) -> None:
-    env, v1, v2, planner = mesh
+    env, v1, _v2, planner = mesh
     with grpc.insecure_channel(f"127.0.0.1:{planner.ports.egress_grpc}") as egress:
         apply(env.control_plane, env.tmp_path, traffic("researcher", split=[{"version": "v1", "weight": 100}]))
         wait_for(lambda: versions(messages, egress, 10) == Counter({"v1": 10}), what="all traffic on v1")
@@ -182,7 +181,7 @@ def test_access_policy_denies_with_policy_name(mesh: Any, messages: Messages, tm
 
 
 def test_retries_and_ejection_when_an_instance_hangs(mesh: Any, messages: Messages) -> None:
-    env, v1, v2, planner = mesh
+    env, _v1, _v2, planner = mesh
     apply(
         env.control_plane,
         env.tmp_path,
@@ -232,7 +231,12 @@ def test_retries_and_ejection_when_an_instance_hangs(mesh: Any, messages: Messag
 
 def clusters(sidecar: AgentUnderTest) -> dict[str, Any]:
     with urllib.request.urlopen(f"{sidecar.ports.admin_url}/config_dump", timeout=5) as response:
-        return json.load(response)["clusters"]  # type: ignore[no-any-return]
+        found: dict[str, Any] = json.load(response)["clusters"]
+    return found
+
+
+def one_healthy(sidecar: AgentUnderTest, cluster: str) -> bool:
+    return healthy_endpoints(sidecar, cluster) == 1
 
 
 def healthy_endpoints(sidecar: AgentUnderTest, cluster: str) -> int:
@@ -240,7 +244,7 @@ def healthy_endpoints(sidecar: AgentUnderTest, cluster: str) -> int:
 
 
 def test_sidecar_restarts_from_persisted_config_without_control_plane(mesh: Any, messages: Messages) -> None:
-    env, v1, v2, planner = mesh
+    env, _v1, _v2, planner = mesh
     apply(env.control_plane, env.tmp_path, traffic("researcher", split=[{"version": "v2", "weight": 100}]))
     with grpc.insecure_channel(f"127.0.0.1:{planner.ports.egress_grpc}") as egress:
         wait_for(lambda: versions(messages, egress, 5) == Counter({"v2": 5}), what="all traffic on v2")

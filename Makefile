@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup up test lint typecheck proto unit integration clean
+.PHONY: setup system-deps up test lint typecheck proto unit integration clean
 
 $(BIN)/agentmesh: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,14 @@ $(BIN)/agentmesh: pyproject.toml
 	touch $@
 
 setup: $(BIN)/agentmesh
+
+# Debian packages the suite runs for real: Prometheus (promtool) and Alertmanager (amtool).
+DEBIAN_PACKAGES := prometheus prometheus-alertmanager
+system-deps:
+	@if command -v promtool >/dev/null && command -v amtool >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEBIAN_PACKAGES); \
+	else echo "warning: install $(DEBIAN_PACKAGES) (Debian) to run the Prometheus tests; they will be skipped"; fi
 
 up: setup
 	$(BIN)/agentmesh up -f examples/mesh.yaml
@@ -31,8 +39,9 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
-test: setup lint typecheck
+test: setup system-deps lint typecheck
 	$(BIN)/python -m agentmesh.codegen --check
+	$(BIN)/python -m dashboards.generate --check
 	$(BIN)/pytest
 
 clean:

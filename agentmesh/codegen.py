@@ -26,7 +26,7 @@ from pathlib import Path
 from agentmesh.protoc import PROJECT_PROTO_ROOT, ProtoCompileError, compile_descriptor_set, run_protoc
 
 PACKAGE_DIR = PROJECT_PROTO_ROOT.parent / "agentmesh" / "v1"
-GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
+GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", ".proto")
 EXAMPLE_AGENTS_DIR = PROJECT_PROTO_ROOT.parent / "examples" / "agents"
 
 
@@ -37,7 +37,12 @@ def _sources() -> list[str]:
 
 
 def generate(out_root: Path) -> None:
-    """Writes the stubs for every proto/agentmesh/v1/*.proto under out_root."""
+    """Writes the stubs for every proto/agentmesh/v1/*.proto under out_root, and a copy of each .proto.
+
+    The copies ship inside the package, so an installed agentmesh (a wheel, the
+    container image) can still compile agent contracts that import
+    "agentmesh/v1/options.proto".
+    """
     run_protoc(
         [
             f"--python_out={out_root}",
@@ -46,6 +51,8 @@ def generate(out_root: Path) -> None:
             *_sources(),
         ]
     )
+    for source in _sources():
+        shutil.copyfile(PROJECT_PROTO_ROOT / source, out_root / source)
 
 
 def descriptor_set_bytes(proto: Path) -> bytes:

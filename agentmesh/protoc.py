@@ -20,6 +20,9 @@ from pathlib import Path
 from google.protobuf import descriptor_pb2
 
 PROJECT_PROTO_ROOT = Path(__file__).resolve().parent.parent / "proto"
+# The folder holding the `agentmesh` package: its agentmesh/v1/*.proto copies
+# resolve imports of "agentmesh/v1/..." wherever the package is installed.
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
 
 class ProtoCompileError(Exception):
@@ -48,8 +51,8 @@ def _validate_descriptor_set() -> bytes:
 def include_paths(extra: Sequence[Path] = ()) -> list[Path]:
     """The import path protoc searches, most specific first."""
     paths = [*extra]
-    if PROJECT_PROTO_ROOT.is_dir():
-        paths.append(PROJECT_PROTO_ROOT)
+    # In a checkout the sources in proto/ win; installed, the packaged copies answer.
+    paths.append(PROJECT_PROTO_ROOT if PROJECT_PROTO_ROOT.is_dir() else PACKAGE_ROOT)
     paths += [_grpc_tools_include(), _googleapis_include()]
     return paths
 

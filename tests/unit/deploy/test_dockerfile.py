@@ -16,8 +16,6 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-import pytest
-
 from tests.unit.deploy.conftest import DEPLOY, ROOT, tool
 
 DOCKERFILE = DEPLOY / "Dockerfile"

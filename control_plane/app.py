@@ -127,8 +127,12 @@ class ControlPlane:
         ports = ControlPlanePorts(grpc_port, http_port)
         log.info(
             "control plane ready",
-            extra={"grpc": grpc_port, "http": http_port, "db": self.settings.db,
-                   "policy_version": self.store.current_version()},
+            extra={
+                "grpc": grpc_port,
+                "http": http_port,
+                "db": self.settings.db,
+                "policy_version": self.store.current_version(),
+            },
         )
         return ports
 

@@ -110,7 +110,8 @@ class Sidecar:
         self.contract = load_contract(bootstrap)
         self.stats = SidecarStats(agent=agent.name, version=agent.version, team=agent.team)
         self.admission = Admission()
-        self.manifest: manifest_pb2.Manifest = build_manifest(self.contract, agent)
+        self.manifest: manifest_pb2.Manifest = build_manifest(self.contract, agent, slo=bootstrap.slo)
+        self.stats.set_slo_target(bootstrap.slo.availability)
         checker = MessageChecker()
         self._upstream = adapter_for(bootstrap.upstream, max_message_bytes=bootstrap.limits.max_message_bytes)
         if isinstance(self._upstream, HttpJsonAdapter):

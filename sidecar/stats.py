@@ -186,6 +186,12 @@ class SidecarStats:
             ("destination_agent", "source_agent", "policy"),
             registry=r,
         )
+        self._slo_target = Gauge(
+            "agentmesh_slo_availability_target",
+            "The agent's availability objective from its manifest (burn-rate alerts read it).",
+            ("agent",),
+            registry=r,
+        )
         self._overflow = Counter(
             "agentmesh_label_overflow",
             'Label values recorded as "other" because the label reached its distinct-value limit.',
@@ -278,6 +284,9 @@ class SidecarStats:
         self._denied.labels(
             self.agent, self._guards["source_agent"].admit(source_agent)[0], self._guards["policy"].admit(policy)[0]
         ).inc()
+
+    def set_slo_target(self, availability: float) -> None:
+        self._slo_target.labels(self.agent).set(availability)
 
     def set_upstream_healthy(self, healthy: bool) -> None:
         """Publishes the agent's health-check result (1 healthy, 0 not)."""

@@ -65,6 +65,27 @@ class AgentIdentity(_Strict):
         return value
 
 
+DEFAULT_AVAILABILITY = 0.99
+
+
+class Slo(_Strict):
+    """Service-level objectives, advertised in the manifest and behind the burn-rate alerts.
+
+    `availability` is the target ratio of successful calls; the latency
+    objective is "`latency_target` of calls finish within `latency_threshold`".
+    """
+
+    availability: float = Field(default=DEFAULT_AVAILABILITY, gt=0, le=1)
+    latency_threshold: Seconds | None = Field(default=None, gt=0)
+    latency_target: float | None = Field(default=None, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> Slo:
+        if (self.latency_threshold is None) != (self.latency_target is None):
+            raise ValueError("set both latency_threshold and latency_target, or neither")
+        return self
+
+
 class Upstream(_Strict):
     """The untouched agent: its URL and the protocol it speaks."""
 
@@ -216,6 +237,7 @@ class Bootstrap(_Strict):
     agent: AgentIdentity
     upstream: Upstream
     contract: Contract
+    slo: Slo = Slo()
     health: HealthCheck = HealthCheck()
     listen: Listen = Listen()
     limits: Limits = Limits()

@@ -10,55 +10,26 @@ Card) and registered with the control plane.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from google.protobuf import descriptor_pb2
 
 from agentmesh.v1 import manifest_pb2
-from sidecar.config.bootstrap import AgentIdentity
+from sidecar.config.bootstrap import AgentIdentity, Slo
 from sidecar.contract.compiled import ContractSet, MethodContract
-
-DEFAULT_AVAILABILITY = 0.99
 
 # FileDescriptorProto field numbers, for reading comments out of source_code_info.
 _SERVICE_FIELD = 6
 _METHOD_FIELD = 2
 
 
-@dataclass(frozen=True)
-class SloSettings:
-    """Service-level objectives advertised in the manifest.
-
-    `availability` is the target ratio of successful calls; the latency
-    objective is "`latency_target` of calls finish within `latency_threshold`
-    seconds" and is omitted unless both are set.
-    """
-
-    availability: float = DEFAULT_AVAILABILITY
-    latency_threshold: float | None = None
-    latency_target: float | None = None
-
-    def __post_init__(self) -> None:
-        if not 0 < self.availability <= 1:
-            raise ValueError(f"availability must be in (0, 1], got {self.availability}")
-        if (self.latency_threshold is None) != (self.latency_target is None):
-            raise ValueError("set both latency_threshold and latency_target, or neither")
-        if self.latency_threshold is not None and self.latency_threshold <= 0:
-            raise ValueError(f"latency_threshold must be positive, got {self.latency_threshold}")
-        if self.latency_target is not None and not 0 < self.latency_target <= 1:
-            raise ValueError(f"latency_target must be in (0, 1], got {self.latency_target}")
-
-    def to_proto(self) -> manifest_pb2.Slo:
-        slo = manifest_pb2.Slo(availability=self.availability)
-        if self.latency_threshold is not None and self.latency_target is not None:
-            slo.latency_threshold.FromNanoseconds(round(self.latency_threshold * 1e9))
-            slo.latency_target = self.latency_target
-        return slo
+def slo_proto(slo: Slo) -> manifest_pb2.Slo:
+    proto = manifest_pb2.Slo(availability=slo.availability)
+    if slo.latency_threshold is not None and slo.latency_target is not None:
+        proto.latency_threshold.FromNanoseconds(round(slo.latency_threshold * 1e9))
+        proto.latency_target = slo.latency_target
+    return proto
 
 
-def build_manifest(
-    contract: ContractSet, identity: AgentIdentity, *, slo: SloSettings | None = None
-) -> manifest_pb2.Manifest:
+def build_manifest(contract: ContractSet, identity: AgentIdentity, *, slo: Slo | None = None) -> manifest_pb2.Manifest:
     """The manifest of `identity` serving `contract`; skills in contract order.
 
     A skill without a description in its options or agent.yaml takes the
@@ -72,7 +43,7 @@ def build_manifest(
         description=identity.description,
         services=contract.services,
         labels=identity.labels,
-        slo=(slo or SloSettings()).to_proto(),
+        slo=slo_proto(slo or Slo()),
     )
     manifest.descriptors.CopyFrom(contract.descriptor_set)
     comments = _method_comments(contract.descriptor_set)

@@ -9,9 +9,9 @@ from google.protobuf import descriptor_pool
 
 from agentmesh.protoc import compile_descriptor_set
 from agentmesh.v1 import manifest_pb2
-from sidecar.config.bootstrap import AgentIdentity
+from sidecar.config.bootstrap import DEFAULT_AVAILABILITY, AgentIdentity, Slo
 from sidecar.contract import ContractSet
-from sidecar.contract.manifest import DEFAULT_AVAILABILITY, SloSettings, build_manifest
+from sidecar.contract.manifest import build_manifest
 
 SCRIBE_PROTO = Path(__file__).parents[1] / "admin" / "testdata" / "scribe.proto"
 IDENTITY = AgentIdentity(
@@ -108,7 +108,7 @@ def test_default_slo_is_availability_only(contract: ContractSet) -> None:
 
 
 def test_given_slo_with_latency_objective(contract: ContractSet) -> None:
-    slo = SloSettings(availability=0.995, latency_threshold=2.5, latency_target=0.9)
+    slo = Slo(availability=0.995, latency_threshold=2.5, latency_target=0.9)
     manifest = build_manifest(contract, IDENTITY, slo=slo)
 
     assert manifest.slo.availability == 0.995
@@ -129,7 +129,7 @@ def test_given_slo_with_latency_objective(contract: ContractSet) -> None:
 )
 def test_invalid_slo_is_refused(kwargs: dict[str, float], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        SloSettings(**kwargs)
+        Slo(**kwargs)
 
 
 def test_manifest_round_trips_on_the_wire(contract: ContractSet) -> None:

@@ -30,6 +30,7 @@ from control_plane.http import ControlPlaneHttp
 from control_plane.policy.store import PolicyStore
 from control_plane.publisher import SnapshotPublisher
 from control_plane.registry import Registry
+from control_plane.registry.journal import RegistryJournal
 from control_plane.translate import DEFAULT_GATEWAY_PORT
 from control_plane.xds.ack_tracker import AckTracker
 from control_plane.xds.ads_server import AggregatedDiscoveryService
@@ -73,6 +74,13 @@ class ControlPlane:
         self.metrics = CollectorRegistry()
         self.store = PolicyStore(settings.db)
         self.registry = Registry(ttl=settings.registry_ttl)
+        self.journal = RegistryJournal(settings.db)
+        restored = self.journal.restore(self.registry)
+        if restored:
+            log.info(
+                "restored %d registered instances; each must re-register within %.0fs", restored, settings.registry_ttl
+            )
+        self._stop_journal = self.registry.subscribe(lambda _change: self.journal.save(self.registry.instances()))
         self.cache = SnapshotCache()
         self.tracker = AckTracker()
         self.ads = AggregatedDiscoveryService(self.cache, self.tracker, registry=self.metrics)
@@ -142,6 +150,8 @@ class ControlPlane:
             self.registry.expire()
 
     async def stop(self, grace: float = 5.0) -> None:
+        # Sidecar streams closing below are not departures: the journal keeps the mesh as it was.
+        self._stop_journal()
         await self._health.enter_graceful_shutdown()
         for task in self._tasks:
             task.cancel()
@@ -150,6 +160,7 @@ class ControlPlane:
         await self._http.stop()
         with contextlib.suppress(Exception):
             self.store.close()
+            self.journal.close()
         log.info("control plane stopped")
 
 

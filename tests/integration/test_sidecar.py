@@ -137,6 +137,21 @@ def test_generic_invoke_runs_the_same_validation(channel: grpc.Channel, messages
     assert_still_serving(messages, channel)
 
 
+def test_generic_invoke_with_any(channel: grpc.Channel, messages: Messages) -> None:
+    stub = agent_pb2_grpc.AgentStub(channel)
+    request = agent_pb2.InvokeRequest(skill=SEARCH)
+    request.any.Pack(messages("research.v1.SearchRequest", query="packed payloads", max_results=2))
+    reply = stub.Invoke(request, timeout=10)
+    response = messages("research.v1.SearchResponse")
+    assert reply.any.Unpack(response) and len(response.findings) == 2  # type: ignore[attr-defined]
+    # A payload of another type is refused before the agent sees it.
+    wrong = agent_pb2.InvokeRequest(skill=SEARCH)
+    wrong.any.Pack(messages("writing.v1.DraftRequest", topic="x"))
+    error = rpc_error(lambda: stub.Invoke(wrong, timeout=10))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "writing.v1.DraftRequest" in str(error.details())
+
+
 def test_manifest_and_agent_card(channel: grpc.Channel, researcher: AgentUnderTest) -> None:
     manifest = agent_pb2_grpc.AgentStub(channel).GetManifest(agent_pb2.GetManifestRequest(), timeout=5)
     assert manifest.name == "researcher"

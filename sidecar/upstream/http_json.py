@@ -182,6 +182,8 @@ class HttpJsonAdapter:
                     chunk = await _read_chunk(response, deadline)
                     end = not chunk
                     for line in ndjson.feed(chunk, end=end):
+                        if error := _end_of_stream_error(line):
+                            raise error
                         yield Payload(line, "json")
             elif _is_json(response):
                 async with asyncio.timeout_at(deadline):
@@ -344,6 +346,19 @@ def _connect_error(body: bytes) -> tuple[grpc.StatusCode, str] | None:
     if code is None or code is grpc.StatusCode.OK:
         return None
     return code, message if isinstance(message, str) else ""
+
+
+def _end_of_stream_error(line: bytes) -> UpstreamStatus | None:
+    """An NDJSON line `{"error": {"code": ..., "message": ...}}` (Connect's end-of-stream error)."""
+    if not line.startswith(b'{"error"'):
+        return None  # cheap test first: messages are parsed once, later, by the contract step
+    try:
+        body = json.loads(line)
+    except ValueError:
+        return None
+    if isinstance(body, dict) and set(body) == {"error"} and isinstance(body["error"], dict):
+        return _error_event(json.dumps(body["error"]).encode())
+    return None
 
 
 def _error_event(data: bytes) -> UpstreamStatus:

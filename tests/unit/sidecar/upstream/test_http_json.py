@@ -508,6 +508,20 @@ async def test_ndjson_stream(agent: FakeAgent, make_adapter: MakeAdapter, conten
     assert bodies(payloads) == [{"text": "a"}, {"text": "b"}, {"text": "c"}]
 
 
+async def test_ndjson_end_of_stream_error(agent: FakeAgent, make_adapter: MakeAdapter) -> None:
+    agent.handler = streamed(
+        b'{"text": "a"}\n',
+        b'{"error": {"code": "unavailable", "message": "model overloaded"}}\n',
+        content_type="application/x-ndjson",
+    )
+    adapter = make_adapter(agent.upstream)
+    payloads: list[Payload] = []
+    with pytest.raises(UpstreamStatus) as caught:
+        await collect(adapter.stream(make_call("Chat")), payloads)
+    assert caught.value.code == grpc.StatusCode.UNAVAILABLE and "model overloaded" in caught.value.message
+    assert bodies(payloads) == [{"text": "a"}]
+
+
 async def test_json_answer_is_a_one_message_stream(agent: FakeAgent, make_adapter: MakeAdapter) -> None:
     agent.handler = reply('{"items": []}')
     adapter = make_adapter(agent.upstream)

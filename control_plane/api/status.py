@@ -13,20 +13,16 @@ thread, where the registry and the tracker live.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
 from google.protobuf import timestamp_pb2
-from google.protobuf.message import DecodeError
 
 from agentmesh.v1 import control_pb2, manifest_pb2
 from control_plane.registry.instances import AgentInstance
 from control_plane.xds.ack_tracker import AckTracker, SyncStatus
 from control_plane.xds.ads_server import ConnectedNode
 from control_plane.xds.snapshot import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, TYPE_LABELS
-
-log = logging.getLogger(__name__)
 
 # The order of the columns of `agentmesh proxy-status`, as istioctl shows them.
 SYNC_TYPES = (LISTENER_TYPE, ROUTE_TYPE, CLUSTER_TYPE, ENDPOINT_TYPE)
@@ -92,18 +88,9 @@ def _agent_status(
 def _newest_manifest(instances: list[AgentInstance]) -> manifest_pb2.Manifest | None:
     """The manifest of the most recently registered instance that sent a readable one (ties: highest version)."""
     for instance in sorted(instances, key=lambda i: (i.registered_at, i.version), reverse=True):
-        if instance.manifest is None:
-            continue
-        manifest = manifest_pb2.Manifest()
-        try:
-            manifest.ParseFromString(instance.manifest)
-        except DecodeError:
-            log.warning(
-                "unreadable manifest ignored",
-                extra={"instance_id": instance.instance_id, "agent_name": instance.agent},
-            )
-            continue
-        return manifest
+        manifest = instance.decoded_manifest()
+        if manifest is not None:
+            return manifest
     return None
 
 

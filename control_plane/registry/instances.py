@@ -8,8 +8,15 @@ cluster names are validated here, once, at registration.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
+
+from google.protobuf.message import DecodeError
+
+from agentmesh.v1 import manifest_pb2
+
+log = logging.getLogger("agentmesh.control_plane.registry")
 
 _NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62}[A-Za-z0-9])?$")
 _SERVICE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*$")
@@ -82,6 +89,18 @@ class AgentInstance:
     @property
     def port(self) -> int:
         return split_address(self.address)[1]
+
+    def decoded_manifest(self) -> manifest_pb2.Manifest | None:
+        """The manifest the instance registered with; None when it sent none or an unreadable one."""
+        if self.manifest is None:
+            return None
+        try:
+            return manifest_pb2.Manifest.FromString(self.manifest)
+        except DecodeError:
+            log.warning(
+                "unreadable manifest ignored", extra={"instance_id": self.instance_id, "agent_name": self.agent}
+            )
+            return None
 
     def implements(self, service: str) -> bool:
         return service in self.services

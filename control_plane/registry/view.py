@@ -9,17 +9,11 @@ version marks idempotent.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 
-from google.protobuf.message import DecodeError
-
-from agentmesh.v1 import manifest_pb2
 from control_plane.registry.instances import AgentInstance
 from control_plane.registry.registry import Registry
 from control_plane.translate.view import AgentView, InstanceView, MeshView
-
-log = logging.getLogger(__name__)
 
 DEFAULT_TEAM = "default"
 
@@ -58,16 +52,9 @@ def _skills_by_version(instances: Iterable[AgentInstance]) -> dict[str, dict[str
     """version -> full method name ('pkg.Service/Method') -> idempotent, from the first readable manifest."""
     skills: dict[str, dict[str, bool]] = {}
     for instance in instances:
-        if instance.version in skills or instance.manifest is None:
+        if instance.version in skills:
             continue
-        manifest = manifest_pb2.Manifest()
-        try:
-            manifest.ParseFromString(instance.manifest)
-        except DecodeError:
-            log.warning(
-                "unreadable manifest ignored",
-                extra={"instance_id": instance.instance_id, "agent_name": instance.agent},
-            )
-            continue
-        skills[instance.version] = {skill.method.lstrip("/"): skill.idempotent for skill in manifest.skills}
+        manifest = instance.decoded_manifest()
+        if manifest is not None:
+            skills[instance.version] = {skill.method.lstrip("/"): skill.idempotent for skill in manifest.skills}
     return skills

@@ -14,7 +14,7 @@ TOKEN = "integration-token"
 class ControlPlaneProcess:
     """One `agentmesh control-plane` process on free loopback ports, over one SQLite file."""
 
-    def __init__(self, tmp_path: Path, db: Path) -> None:
+    def __init__(self, tmp_path: Path, db: Path, *extra_args: str) -> None:
         self.grpc_port, self.http_port = free_port(), free_port()
         self.address = f"127.0.0.1:{self.grpc_port}"
         argv = [
@@ -28,6 +28,7 @@ class ControlPlaneProcess:
             str(db),
             "--token",
             TOKEN,
+            *extra_args,
         ]
         self.process: Process = start(f"control-plane-{self.grpc_port}", argv, tmp_path)
         wait_for(lambda: grpc_serving(self.address), what="control plane serving", process=self.process)

@@ -25,9 +25,9 @@ import grpc
 import pytest
 import yaml
 
-from tests.integration.controlplane import TOKEN, ControlPlaneProcess
+from tests.integration.controlplane import ControlPlaneProcess
 from tests.integration.mesh import Messages, agent_with_sidecar
-from tests.integration.procs import AGENTMESH, Process, free_port, grpc_serving, http_ok, start, wait_for
+from tests.integration.procs import Process, free_port, http_ok, start, wait_for
 from tests.integration.test_mesh_control import healthy_versions
 from tests.integration.test_xds_interop import envoy_binary, envoy_bootstrap
 
@@ -40,30 +40,6 @@ ENVOY_DENIAL = "RBAC: access denied"
 # RE2 accepts it, so `policy apply` does; its program size (202) is over Envoy's limit (100), so Envoy NACKs it.
 LONG_REGEX = "^[a-z]{200}$"
 TYPES = ("lds", "rds", "cds", "eds")
-
-
-class GatewayControlPlane(ControlPlaneProcess):
-    """ControlPlaneProcess with the gateway listener on a port of the test's choosing."""
-
-    def __init__(self, tmp_path: Path, db: Path, gateway_port: int) -> None:
-        self.grpc_port, self.http_port = free_port(), free_port()
-        self.address = f"127.0.0.1:{self.grpc_port}"
-        argv = [
-            *AGENTMESH,
-            "control-plane",
-            "--listen",
-            self.address,
-            "--http",
-            f"127.0.0.1:{self.http_port}",
-            "--db",
-            str(db),
-            "--token",
-            TOKEN,
-            "--gateway-port",
-            str(gateway_port),
-        ]
-        self.process: Process = start(f"control-plane-{self.grpc_port}", argv, tmp_path)
-        wait_for(lambda: grpc_serving(self.address), what="control plane serving", process=self.process)
 
 
 @dataclass
@@ -174,7 +150,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("envoy-gateway")
     port, admin = free_port(), free_port()
     with contextlib.ExitStack() as stack:
-        control_plane = GatewayControlPlane(tmp, tmp / "cp.db", port)
+        control_plane = ControlPlaneProcess(tmp, tmp / "cp.db", "--gateway-port", str(port))
         stack.callback(control_plane.process.stop)
         link = {"address": control_plane.address}
         stack.enter_context(agent_with_sidecar(tmp, "researcher", version="v1", control_plane=link))

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +21,13 @@ log = logging.getLogger("agentmesh.local")
 DEFAULT_BACKOFF_START = 0.5
 DEFAULT_BACKOFF_MAX = 30.0
 DEFAULT_STOP_GRACE = 15.0
+# A process that ran this long before exiting crashed afresh: its restart backoff starts over.
+DEFAULT_STABLE_AFTER = 10.0
+# The exit code recorded when a restart could not even spawn the command (as a shell's "not found").
+EXIT_NOT_STARTED = 127
+
+# Called when a supervised process exits on its own: the item, its exit code and the delay before the restart.
+ExitListener = Callable[["Supervised", int, float], None]
 
 
 @dataclass
@@ -34,28 +41,45 @@ class Supervised:
     log_path: Path | None = None
     restarts: int = 0
     process: asyncio.subprocess.Process | None = None
+    started_at: float = 0.0
+    stopping: bool = False
 
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.returncode is None
 
+    @property
+    def pid(self) -> int | None:
+        """The current process id while it runs."""
+        return self.process.pid if self.running and self.process is not None else None
+
 
 class Supervisor:
-    """Keeps a set of processes running until `stop()`."""
+    """Keeps a set of processes running until `stop()`; `remove()` stops one for good."""
 
     def __init__(
-        self, *, backoff_start: float = DEFAULT_BACKOFF_START, backoff_max: float = DEFAULT_BACKOFF_MAX
+        self,
+        *,
+        backoff_start: float = DEFAULT_BACKOFF_START,
+        backoff_max: float = DEFAULT_BACKOFF_MAX,
+        stable_after: float = DEFAULT_STABLE_AFTER,
+        on_exit: ExitListener | None = None,
     ) -> None:
         self._backoff_start = backoff_start
         self._backoff_max = backoff_max
+        self._stable_after = stable_after
+        self._on_exit = on_exit
         self._stopping = False
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: dict[int, asyncio.Task[None]] = {}
         self.processes: list[Supervised] = []
 
     async def add(self, item: Supervised) -> None:
+        """Starts `item` and restarts it whenever it exits, until it is removed or everything stops."""
+        if self._stopping:
+            raise RuntimeError("the supervisor is stopping")
         self.processes.append(item)
         await self._spawn(item)
-        self._tasks.append(asyncio.create_task(self._watch(item)))
+        self._tasks[id(item)] = asyncio.create_task(self._watch(item))
 
     async def _spawn(self, item: Supervised) -> None:
         output = open(item.log_path, "ab") if item.log_path else None  # noqa: SIM115, ASYNC230 - a log file the child inherits
@@ -68,42 +92,68 @@ class Supervisor:
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
             )
+            item.started_at = asyncio.get_running_loop().time()
         finally:
             if output:
                 output.close()
 
     async def _watch(self, item: Supervised) -> None:
+        loop = asyncio.get_running_loop()
         backoff = self._backoff_start
         while True:
-            assert item.process is not None
-            code = await item.process.wait()
-            if self._stopping:
+            code = await item.process.wait() if item.process is not None else EXIT_NOT_STARTED
+            if self._stopping or item.stopping:
                 return
+            if loop.time() - item.started_at >= self._stable_after:
+                backoff = self._backoff_start
             item.restarts += 1
             log.warning("%s exited with %s; restarting in %.1fs (restart %d)", item.name, code, backoff, item.restarts)
+            if self._on_exit is not None:
+                self._on_exit(item, code, backoff)
             await asyncio.sleep(backoff)
-            if self._stopping:
+            if self._stopping or item.stopping:
                 return
             backoff = min(backoff * 2, self._backoff_max)
-            await self._spawn(item)
+            try:
+                await self._spawn(item)
+            except OSError as exc:
+                # The command cannot even start (missing binary, bad cwd): keep trying on the backoff.
+                log.warning("%s could not be started: %s", item.name, exc)
+                item.process = None
+
+    async def remove(self, item: Supervised, grace: float = DEFAULT_STOP_GRACE) -> None:
+        """Stops one process for good: SIGTERM to its group, SIGKILL after `grace`; no restart."""
+        item.stopping = True
+        task = self._tasks.pop(id(item), None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await _terminate([item], grace)
+        if item in self.processes:
+            self.processes.remove(item)
 
     async def stop(self, grace: float = DEFAULT_STOP_GRACE) -> None:
         """SIGTERM every process group (in reverse start order), SIGKILL what is left after `grace`."""
         self._stopping = True
-        for task in self._tasks:
+        tasks = list(self._tasks.values())
+        for task in tasks:
             task.cancel()
-        for item in reversed(self.processes):
-            _signal_group(item, signal.SIGTERM)
-        waits = [item.process.wait() for item in self.processes if item.process is not None]
-        try:
-            await asyncio.wait_for(asyncio.gather(*waits), grace)
-        except TimeoutError:
-            for item in self.processes:
-                if item.running:
-                    log.warning("%s did not stop within %.0fs; killing it", item.name, grace)
-                    _signal_group(item, signal.SIGKILL)
-            await asyncio.gather(*(i.process.wait() for i in self.processes if i.process is not None))
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await _terminate(list(reversed(self.processes)), grace)
+
+
+async def _terminate(items: Sequence[Supervised], grace: float) -> None:
+    for item in items:
+        _signal_group(item, signal.SIGTERM)
+    waits = [item.process.wait() for item in items if item.process is not None]
+    try:
+        await asyncio.wait_for(asyncio.gather(*waits), grace)
+    except TimeoutError:
+        for item in items:
+            if item.running:
+                log.warning("%s did not stop within %.0fs; killing it", item.name, grace)
+                _signal_group(item, signal.SIGKILL)
+        await asyncio.gather(*(i.process.wait() for i in items if i.process is not None))
 
 
 def _signal_group(item: Supervised, sig: int) -> None:

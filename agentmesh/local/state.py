@@ -1,0 +1,86 @@
+"""The files `agentmesh up` keeps in its state folder (`.agentmesh/` in the working directory).
+
+    .agentmesh/
+      control-plane.db     the embedded control plane's policy store and registry journal (SQLite)
+      token                the admin token of this run (mode 0600): AGENTMESH_TOKEN=$(cat .agentmesh/token)
+      status.json          the running mesh: processes, PIDs, addresses, figures (rewritten while up runs)
+      replicas/            one generated agent.yaml per replica, and its last good xDS config
+      logs/                one log per process, plus up's own (control plane included)
+      prometheus.yml       the generated Prometheus config, when Prometheus runs
+      prometheus/          Prometheus' storage
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_STATE_DIR = Path(".agentmesh")
+TOKEN_BYTES = 24
+
+
+@dataclass(frozen=True)
+class StateDir:
+    """Where each file of a local mesh lives."""
+
+    root: Path
+    logs: Path
+
+    @classmethod
+    def at(cls, root: Path, *, logs: Path | None = None) -> StateDir:
+        return cls(root=root, logs=logs if logs is not None else root / "logs")
+
+    @property
+    def db(self) -> Path:
+        return self.root / "control-plane.db"
+
+    @property
+    def token(self) -> Path:
+        return self.root / "token"
+
+    @property
+    def status(self) -> Path:
+        return self.root / "status.json"
+
+    @property
+    def replicas(self) -> Path:
+        return self.root / "replicas"
+
+    @property
+    def prometheus_config(self) -> Path:
+        return self.root / "prometheus.yml"
+
+    @property
+    def prometheus_data(self) -> Path:
+        return self.root / "prometheus"
+
+    def prepare(self) -> None:
+        """Creates the folders; replica configs of an earlier run are removed (their ports are stale)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(self.replicas, ignore_errors=True)
+        self.replicas.mkdir(parents=True)
+
+    def new_token(self) -> str:
+        """Generates this run's admin token and writes it, readable by the owner only."""
+        token = secrets.token_urlsafe(TOKEN_BYTES)
+        write_private(self.token, token + "\n")
+        return token
+
+
+def write_private(path: Path, text: str) -> None:
+    """Writes `text` to `path` with mode 0600, whatever mode an earlier file had."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        os.fchmod(handle.fileno(), 0o600)
+        handle.write(text)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replaces `path` in one step, so a reader never sees half a file."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)

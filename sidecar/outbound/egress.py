@@ -108,7 +108,8 @@ class Egress:
                 record.destination = record.requested
                 self._start_stats(record)
             assert record.stats is not None
-            record.stats.finish(record.code, elapsed)
+            trace_id = _trace_id(headers.get("traceparent", ""))
+            record.stats.finish(record.code, elapsed, trace_id=trace_id or None)
             log_access(
                 direction="outbound",
                 source=self._agent,
@@ -118,7 +119,7 @@ class Egress:
                 code=record.code,
                 duration_ms=round(elapsed * 1000, 3),
                 attempt=max(record.attempts, 1),
-                trace_id=_trace_id(headers.get("traceparent", "")),
+                trace_id=trace_id,
             )
 
     async def plan(self, record: OutboundRecord, headers: Mapping[str, str]) -> Plan:

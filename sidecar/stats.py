@@ -272,7 +272,10 @@ class SidecarStats:
         child.inc()
 
     def retry(self, destination_agent: str, rpc_method: str, reason: str) -> None:
-        """Counts one retried attempt; `reason` is the retry_on name of the status (e.g. "unavailable") or "per_try_timeout"."""
+        """Counts one retried attempt.
+
+        `reason` is the retry_on name of the status ("unavailable") or "per_try_timeout".
+        """
         self._retries.labels(
             self._guards["destination_agent"].admit(destination_agent)[0],
             self._guards["rpc_method"].admit(rpc_method)[0],

@@ -106,10 +106,14 @@ def up(
         prometheus=not no_prometheus,
     )
     try:
-        code = asyncio.run(_run(LocalMesh(mesh, bootstraps, options, echo=click.echo, clear=click.clear)))
+        code = asyncio.run(_run(LocalMesh(mesh, bootstraps, options, echo=click.echo, error=_error, clear=click.clear)))
     finally:
         log_file.close()
     sys.exit(code)
+
+
+def _error(text: str) -> None:
+    click.echo(text, err=True)
 
 
 async def _run(mesh: LocalMesh) -> int:

@@ -11,6 +11,7 @@ policy version, history and a push to every sidecar.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ class EmbeddedControlPlane:
         self.control_plane = ControlPlane(ControlPlaneSettings(listen=listen, http=http, db=str(db), token=token))
         self.grpc_port = 0
         self.http_port = 0
+        self._started = False
 
     def address(self, listen: str) -> str:
         """host:port of a listen address with the port actually bound (a port 0 is resolved)."""
@@ -61,12 +63,21 @@ class EmbeddedControlPlane:
         return f"{host}:{self.grpc_port if port == '0' else port}"
 
     async def start(self) -> None:
-        """Starts serving; raises OSError when a port is taken."""
-        ports = await self.control_plane.start()
+        """Starts serving; raises OSError when a port is taken (nothing is left running then)."""
+        try:
+            ports = await self.control_plane.start()
+        except (OSError, RuntimeError) as exc:
+            # grpcio reports a taken port as RuntimeError, aiohttp as OSError.
+            with contextlib.suppress(Exception):
+                await self.control_plane.stop()
+            raise OSError(str(exc)) from exc
         self.grpc_port, self.http_port = ports.grpc, ports.http
+        self._started = True
 
     async def stop(self) -> None:
-        await self.control_plane.stop()
+        if self._started:
+            self._started = False
+            await self.control_plane.stop()
 
     def registered(self, agent: str, address: str) -> bool:
         """Whether the sidecar advertising `address` is registered for `agent`."""

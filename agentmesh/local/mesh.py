@@ -31,7 +31,7 @@ from agentmesh.local.autoscale import Autoscaler
 from agentmesh.local.control_plane import EmbeddedControlPlane
 from agentmesh.local.meshfile import MeshFile
 from agentmesh.local.replicas import AgentReplicas, Replica, free_port, reachable
-from agentmesh.local.state import StateDir
+from agentmesh.local.state import StateDir, new_token
 from agentmesh.local.status import AgentStatus, MeshStatus
 from agentmesh.local.supervisor import Supervised, Supervisor
 from agentmesh.local.table import AgentFigures, change_line, render_addresses, render_table, summarize
@@ -71,11 +71,13 @@ class LocalMesh:
         options: UpOptions,
         *,
         echo: Callable[[str], None],
+        error: Callable[[str], None] | None = None,
         clear: Callable[[], None] = lambda: None,
     ) -> None:
         self.mesh = mesh
         self.options = options
         self._echo = echo
+        self._error = error or echo
         self._clear = clear
         self.supervisor = Supervisor(on_exit=self._exited)
         self.control_plane: EmbeddedControlPlane | None = None
@@ -99,19 +101,21 @@ class LocalMesh:
     async def run(self, stop: asyncio.Event) -> int:
         """Runs until `stop` is set; returns the exit code."""
         state = self.options.state
-        token = state.new_token()
+        token = new_token()
         listen = self.mesh.control_plane
         self.control_plane = EmbeddedControlPlane(listen=listen.listen, http=listen.http, db=state.db, token=token)
         try:
             await self.control_plane.start()
         except OSError as exc:
-            self._echo(f"error: cannot start the control plane on {listen.listen} / {listen.http}: {exc}")
-            await self.control_plane.stop()
+            self._error(f"error: cannot start the control plane on {listen.listen} / {listen.http}: {exc}")
             return EXIT_STARTUP
         self._control_plane_grpc = reachable(self.control_plane.address(listen.listen))
         http_host = listen.http.rpartition(":")[0]
         self._control_plane_http = reachable(f"{http_host}:{self.control_plane.http_port}")
         try:
+            # Only now that the ports are ours: another `agentmesh up` in this folder keeps its token and configs.
+            state.save_token(token)
+            state.reset_replicas()
             return await self._run(stop, token)
         finally:
             await self._stop()
@@ -148,12 +152,16 @@ class LocalMesh:
         self._echo(f"starting {len(self.groups)} agents ({processes} processes); logs in {state.logs}/")
         for group in self.groups:
             for _ in range(group.entry.replicas.min):
-                await group.add()
+                try:
+                    await group.add()
+                except OSError as exc:
+                    self._error(f"error: cannot start {group.name}: {exc}")
+                    return EXIT_STARTUP
         ready = await self._wait_ready(stop)
         if stop.is_set():
             return EXIT_OK
         if not await self._apply_policies():
-            return EXIT_CONFIG
+            return EXIT_CONFIG if ready else EXIT_STARTUP
         await self._start_prometheus()
         await self._tick(render=False, scale=False)
         self._start_windows()
@@ -185,7 +193,7 @@ class LocalMesh:
                     reason = replica.scrape_error or (
                         "not registered with the control plane" if replica.state == "ready" else "agent not healthy"
                     )
-                    self._echo(f"  {replica.name} NOT READY after {self.options.ready_timeout:g}s: {reason}")
+                    self._error(f"  {replica.name} NOT READY after {self.options.ready_timeout:g}s: {reason}")
                 return False
             await _sleep_or_stop(stop, STARTUP_TICK)
         return False
@@ -204,12 +212,12 @@ class LocalMesh:
         try:
             outcome = await self.control_plane.apply(paths, message=f"agentmesh up -f {self.options.mesh_path}")
         except ConfigError as exc:
-            self._echo("error: the mesh file's policies do not fit the running agents; nothing was applied:")
+            self._error("error: the mesh file's policies do not fit the running agents; nothing was applied:")
             for issue in exc.issues:
-                self._echo(f"error: {issue}")
+                self._error(f"error: {issue}")
             return False
         for warning in outcome.warnings:
-            self._echo(f"warning: {warning}")
+            self._error(f"warning: {warning}")
         result = outcome.result
         self._policy_version = result.version
         if result.created:
@@ -269,7 +277,7 @@ class LocalMesh:
         if replicas:
             reads = await asyncio.to_thread(_read_all, replicas)
             for replica, read in zip(replicas, reads, strict=True):
-                replica.observe(read, now)
+                replica.observe(read, now, grace=self.options.ready_timeout)
         if scale:
             await self._autoscale()
         self._rows = [summarize(group) for group in self.groups]
@@ -289,11 +297,7 @@ class LocalMesh:
             settled = not any(r.state == "starting" for r in group.live)
             decision = scaler.observe(in_flight, group.desired, settled=settled)
             if decision is not None:
-                log.info(
-                    "scale %s",
-                    decision.direction,
-                    extra={"entry": group.name, "from": decision.current, "to": decision.desired},
-                )
+                # scale_to reports the event (log, output, counters).
                 await group.scale_to(decision.desired, decision.reason)
 
     def _start_windows(self) -> None:

@@ -72,9 +72,7 @@ class ReplicaPorts:
     admin: str
 
     @classmethod
-    def for_replica(
-        cls, bootstrap: Bootstrap, index: int, *, pick: Callable[[str], int] = free_port
-    ) -> ReplicaPorts:
+    def for_replica(cls, bootstrap: Bootstrap, index: int, *, pick: Callable[[str], int] = free_port) -> ReplicaPorts:
         """Replica 0: the ports of agent.yaml (a port 0 is replaced by a free one); others: free ports."""
 
         def port(address: str) -> str:
@@ -180,8 +178,11 @@ class Replica:
     def inbound(self) -> str:
         return reachable(self.ports.inbound)
 
-    def observe(self, scrape: Scrape | str, now: float) -> None:
-        """Takes one read of the sidecar (or the reason it failed) and updates the replica's state."""
+    def observe(self, scrape: Scrape | str, now: float, *, grace: float = STARTING_GRACE) -> None:
+        """Takes one read of the sidecar (or the reason it failed) and updates the replica's state.
+
+        A replica never ready yet is "starting" for `grace` seconds, then "unready".
+        """
         if isinstance(scrape, str):
             self.scrape_error = scrape
             healthy = False
@@ -192,7 +193,7 @@ class Replica:
             return
         if healthy:
             self.state, self.ever_ready = "ready", True
-        elif not self.ever_ready and now - self.created_at < STARTING_GRACE:
+        elif not self.ever_ready and now - self.created_at < grace:
             self.state = "starting"
         else:
             self.state = "unready"
@@ -214,6 +215,8 @@ class AgentReplicas:
     log_dir: Path
     control_plane: str
     on_event: EventSink
+    # The sidecar's command line; `--config <replica agent.yaml>` is appended.
+    sidecar_command: tuple[str, ...] = (sys.executable, "-m", "agentmesh.cli", "sidecar")
     live: list[Replica] = field(default_factory=list)
     draining: list[Replica] = field(default_factory=list)
     restarts: int = 0
@@ -259,16 +262,14 @@ class AgentReplicas:
         )
         sidecar = Supervised(
             f"{self.name}[{index}]/sidecar",
-            [*_agentmesh(), "sidecar", "--config", str(config.resolve())],
+            [*self.sidecar_command, "--config", str(config.resolve())],
             self.base_dir,
             {},
             self.log_dir / f"{label}.sidecar.log",
         )
         await self.supervisor.add(agent)
         await self.supervisor.add(sidecar)
-        replica = Replica(
-            self.name, index, ports, config, agent, sidecar, created_at=asyncio.get_running_loop().time()
-        )
+        replica = Replica(self.name, index, ports, config, agent, sidecar, created_at=asyncio.get_running_loop().time())
         self.live.append(replica)
         return replica
 
@@ -289,7 +290,11 @@ class AgentReplicas:
         if desired > before:
             self.scale_ups += 1
             for _ in range(desired - before):
-                replica = await self.add()
+                try:
+                    replica = await self.add()
+                except OSError as exc:
+                    self.on_event(self.name, f"cannot start another replica: {exc}")
+                    return
                 self.on_event(
                     self.name,
                     f"replica {replica.index} starting: inbound {replica.inbound}, admin {replica.admin_url}",
@@ -317,7 +322,3 @@ class AgentReplicas:
         for task in list(self._drains):
             task.cancel()
         await asyncio.gather(*self._drains, return_exceptions=True)
-
-
-def _agentmesh() -> list[str]:
-    return [sys.executable, "-m", "agentmesh.cli"]

@@ -1,13 +1,13 @@
 """The files `agentmesh up` keeps in its state folder (`.agentmesh/` in the working directory).
 
-    .agentmesh/
-      control-plane.db     the embedded control plane's policy store and registry journal (SQLite)
-      token                the admin token of this run (mode 0600): AGENTMESH_TOKEN=$(cat .agentmesh/token)
-      status.json          the running mesh: processes, PIDs, addresses, figures (rewritten while up runs)
-      replicas/            one generated agent.yaml per replica, and its last good xDS config
-      logs/                one log per process, plus up's own (control plane included)
-      prometheus.yml       the generated Prometheus config, when Prometheus runs
-      prometheus/          Prometheus' storage
+.agentmesh/
+  control-plane.db     the embedded control plane's policy store and registry journal (SQLite)
+  token                the admin token of this run (mode 0600): AGENTMESH_TOKEN=$(cat .agentmesh/token)
+  status.json          the running mesh: processes, PIDs, addresses, figures (rewritten while up runs)
+  replicas/            one generated agent.yaml per replica, and its last good xDS config
+  logs/                one log per process, plus up's own (control plane included)
+  prometheus.yml       the generated Prometheus config, when Prometheus runs
+  prometheus/          Prometheus' storage
 """
 
 from __future__ import annotations
@@ -58,17 +58,23 @@ class StateDir:
         return self.root / "prometheus"
 
     def prepare(self) -> None:
-        """Creates the folders; replica configs of an earlier run are removed (their ports are stale)."""
+        """Creates the state and log folders."""
         self.root.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
+
+    def reset_replicas(self) -> None:
+        """Empties the replicas folder: configs of an earlier run name stale ports."""
         shutil.rmtree(self.replicas, ignore_errors=True)
         self.replicas.mkdir(parents=True)
 
-    def new_token(self) -> str:
-        """Generates this run's admin token and writes it, readable by the owner only."""
-        token = secrets.token_urlsafe(TOKEN_BYTES)
+    def save_token(self, token: str) -> None:
+        """Writes this run's admin token, readable by the owner only."""
         write_private(self.token, token + "\n")
-        return token
+
+
+def new_token() -> str:
+    """A fresh admin token: 192 random bits, URL-safe."""
+    return secrets.token_urlsafe(TOKEN_BYTES)
 
 
 def write_private(path: Path, text: str) -> None:

@@ -59,7 +59,7 @@ class ReplicaStatus:
             egress_grpc=reachable(replica.ports.egress_grpc),
             egress_http=f"http://{reachable(replica.ports.egress_http)}",
             admin=replica.admin_url,
-            config=str(replica.config),
+            config=str(replica.config.resolve()),
         )
 
 

@@ -77,8 +77,8 @@ class Supervisor:
         """Starts `item` and restarts it whenever it exits, until it is removed or everything stops."""
         if self._stopping:
             raise RuntimeError("the supervisor is stopping")
-        self.processes.append(item)
         await self._spawn(item)
+        self.processes.append(item)
         self._tasks[id(item)] = asyncio.create_task(self._watch(item))
 
     async def _spawn(self, item: Supervised) -> None:

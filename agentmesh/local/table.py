@@ -70,15 +70,14 @@ def merge(scrapes: Sequence[Scrape]) -> Scrape:
 
 
 def health(replicas: Sequence[Replica], desired: int) -> str:
-    """healthy (every replica ready), starting, degraded (some ready) or unhealthy (none)."""
-    ready = sum(1 for r in replicas if r.state == "ready")
+    """healthy (every replica ready), starting (the others still starting), degraded (some ready) or unhealthy."""
+    states = [r.state for r in replicas]
+    ready = states.count("ready")
     if desired and ready >= desired:
         return "healthy"
-    if ready:
-        return "degraded"
-    if replicas and all(r.state == "starting" for r in replicas):
+    if states and all(state in ("ready", "starting") for state in states):
         return "starting"
-    return "unhealthy"
+    return "degraded" if ready else "unhealthy"
 
 
 def summarize(group: AgentReplicas) -> AgentFigures:

@@ -7,10 +7,11 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-import yaml
 from google.protobuf import descriptor_pb2
 
 from agentmesh import codegen
+from agentmesh.local.meshfile import MeshFile
+from agentmesh.local.replicas import ReplicaPorts
 from agentmesh.protoc import ProtoCompileError, compile_descriptor_set
 from sidecar.config.bootstrap import Bootstrap
 from sidecar.contract import ContractSet, HttpRule
@@ -19,11 +20,6 @@ EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 AGENTS = EXAMPLES / "agents"
 BOOTSTRAPS = sorted(AGENTS.glob("*/agent*.yaml"))
 PROTOS = sorted(AGENTS.glob("*/*.proto"))
-
-
-def _load_mesh() -> list[dict[str, object]]:
-    data = yaml.safe_load((EXAMPLES / "mesh.yaml").read_text())
-    return list(data["agents"])
 
 
 def test_every_agent_has_a_bootstrap_and_a_proto():
@@ -152,19 +148,17 @@ def test_descriptor_set_without_its_proto_is_an_error(tmp_path: Path):
 
 
 def test_mesh_file_lists_every_bootstrap_with_a_runnable_command():
-    entries = _load_mesh()
-    names = [str(e["name"]) for e in entries]
+    mesh = MeshFile.load(EXAMPLES / "mesh.yaml")
+    names = [agent.name for agent in mesh.agents]
     assert len(names) == len(set(names))
-    assert sorted((EXAMPLES / str(e["sidecar"])).resolve() for e in entries) == [p.resolve() for p in BOOTSTRAPS]
-    for entry in entries:
-        command = entry["command"]
-        assert isinstance(command, list) and command[0] == "{python}"
+    assert sorted(agent.sidecar for agent in mesh.agents) == sorted(p.resolve() for p in BOOTSTRAPS)
+    for agent in mesh.agents:
+        bootstrap = Bootstrap.load(agent.sidecar)
+        values = ReplicaPorts.for_replica(bootstrap, 0).placeholders(0)
+        command = agent.argv(values)
         assert (EXAMPLES / command[1]).is_file()
-        # The agent listens where its sidecar expects it.
-        bootstrap = Bootstrap.load(EXAMPLES / str(entry["sidecar"]))
-        port = command[command.index("--port") + 1]
-        assert int(port) == urlsplit(bootstrap.upstream.url).port
-        env = entry.get("env", {})
-        assert isinstance(env, dict)
-        if bootstrap.targets:
+        # Replica 0 of the agent listens where its sidecar expects it.
+        assert int(command[command.index("--port") + 1]) == urlsplit(bootstrap.upstream.url).port
+        env = agent.environment(values)
+        if "AGENTMESH_EGRESS_HTTP" in env:
             assert env["AGENTMESH_EGRESS_HTTP"] == f"http://{bootstrap.listen.egress_http}"

@@ -31,7 +31,7 @@ import click
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from agentmesh.config import ConfigError, parse_duration
+from agentmesh.config import ConfigError, ConfigIssue, parse_duration
 
 DEFAULT_WINDOW = "2s"
 DEFAULT_SCRAPE_TIMEOUT = 2.0
@@ -199,7 +199,7 @@ def scrape(sidecar: Sidecar, *, timeout: float = DEFAULT_SCRAPE_TIMEOUT) -> Scra
     return parse_metrics(text, monotonic=time.monotonic(), wall=time.time())
 
 
-def _scrape_all(sidecars: Sequence[Sidecar]) -> list[Scrape | str]:
+def scrape_all(sidecars: Sequence[Sidecar]) -> list[Scrape | str]:
     """One read of every sidecar at once: a Scrape, or the reason it failed."""
 
     def one(sidecar: Sidecar) -> Scrape | str:
@@ -222,11 +222,11 @@ def collect(sidecars: Sequence[Sidecar], window: float, previous: _Previous | No
     if previous is not None and previous.scrapes:
         before = [previous.scrapes.get(s.admin) for s in sidecars]
     elif window > 0:
-        before = list(_scrape_all(sidecars))
+        before = list(scrape_all(sidecars))
         time.sleep(window)
     else:
         before = [None] * len(sidecars)
-    after = _scrape_all(sidecars)
+    after = scrape_all(sidecars)
     rows = []
     for sidecar, first, second in zip(sidecars, before, after, strict=True):
         if isinstance(second, str) or isinstance(first, str):
@@ -245,10 +245,21 @@ def collect(sidecars: Sequence[Sidecar], window: float, previous: _Previous | No
     return rows
 
 
+# Written by a running `agentmesh up` (agentmesh/local/status.py): every replica's admin address.
+RUNNING_MESH_STATUS = Path(".agentmesh/status.json")
+
+
 def sidecars_from(admins: Iterable[str], mesh_path: Path | None) -> list[Sidecar]:
     """The sidecars named by --admin URLs and by the agents of a mesh file; raises ConfigError."""
     found = [Sidecar(_admin_url(a)) for a in admins]
-    if mesh_path is not None:
+    if mesh_path is not None and mesh_path.suffix == ".json":
+        from agentmesh.local.status import sidecars_in
+
+        try:
+            found += sidecars_in(mesh_path)
+        except (OSError, ValueError) as exc:
+            raise ConfigError([ConfigIssue(str(mesh_path), None, "", f"unreadable status file: {exc}")]) from exc
+    elif mesh_path is not None:
         from agentmesh.local.meshfile import MeshFile
         from sidecar.config.bootstrap import Bootstrap
 
@@ -278,11 +289,11 @@ def render_table(rows: Sequence[StatRow]) -> str:
             row.agent,
             row.version,
             row.status,
-            _number(row.requests, 0),
+            format_number(row.requests, 0),
             "-" if row.success_rate is None else f"{row.success_rate * 100:.2f}%",
-            _number(row.rps, 2),
-            *(_latency(v) for v in (row.p50, row.p95, row.p99)),
-            _number(row.in_flight, 0),
+            format_number(row.rps, 2),
+            *(format_latency(v) for v in (row.p50, row.p95, row.p99)),
+            format_number(row.in_flight, 0),
             "-" if row.upstream_healthy is None else ("healthy" if row.upstream_healthy else "UNHEALTHY"),
         )
         for row in rows
@@ -304,11 +315,11 @@ def render(rows: Sequence[StatRow], output: str, window: float) -> str:
     return yaml.safe_dump(data, sort_keys=False).rstrip("\n")
 
 
-def _number(value: float | None, digits: int) -> str:
+def format_number(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def _latency(seconds: float | None) -> str:
+def format_latency(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     if seconds < 1:
@@ -338,7 +349,8 @@ _file_option = click.option(
     "--file",
     "mesh_path",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="A mesh file: read the sidecar of each of its agents.",
+    help="A mesh file (the sidecar of each of its agents) or the status file of a running "
+    "`agentmesh up` (every replica); default: .agentmesh/status.json when it exists.",
 )
 _output_option = click.option(
     "-o", "--output", type=click.Choice(["table", "json", "yaml"]), default="table", show_default=True
@@ -396,7 +408,9 @@ def top(admins: tuple[str, ...], mesh_path: Path | None, interval: float) -> Non
 
 def _sidecars(admins: tuple[str, ...], mesh_path: Path | None) -> list[Sidecar]:
     if not admins and mesh_path is None:
-        raise click.UsageError("name the sidecars: --admin URL (repeatable) or -f mesh.yaml")
+        if not RUNNING_MESH_STATUS.is_file():
+            raise click.UsageError("name the sidecars: --admin URL (repeatable) or -f mesh.yaml")
+        mesh_path = RUNNING_MESH_STATUS
     try:
         return sidecars_from(admins, mesh_path)
     except ConfigError as exc:

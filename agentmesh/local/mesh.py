@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from agentmesh.cli.stat import Scrape, Sidecar, _scrape_all
+from agentmesh.cli.stat import Scrape, Sidecar, scrape_all
 from agentmesh.config import ConfigError
 from agentmesh.local import prometheus
 from agentmesh.local.autoscale import Autoscaler
@@ -425,4 +425,4 @@ async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
 
 def _read_all(replicas: Sequence[Replica]) -> list[Scrape | str]:
     """One read of each replica's sidecar /metrics, all at once: a Scrape, or why it failed."""
-    return _scrape_all([Sidecar(r.admin_url) for r in replicas])
+    return scrape_all([Sidecar(r.admin_url) for r in replicas])

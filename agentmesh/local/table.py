@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from agentmesh.cli.stat import Scrape, _latency, _number, figures
+from agentmesh.cli.stat import Scrape, figures, format_latency, format_number
 from agentmesh.local.replicas import AgentReplicas, Replica, reachable
 
 COLUMNS = ("AGENT", "VERSION", "REPLICAS", "HEALTH", "RPS", "ERRORS", "P99", "IN-FLIGHT", "RESTARTS")
@@ -130,10 +130,10 @@ def render_table(rows: Sequence[AgentFigures]) -> str:
                 row.version,
                 f"{row.ready}/{row.desired}",
                 row.health,
-                _number(row.rps, 2),
+                format_number(row.rps, 2),
                 _percent(row.error_rate),
-                _latency(row.p99),
-                _number(row.in_flight, 0),
+                format_latency(row.p99),
+                format_number(row.in_flight, 0),
                 str(row.restarts),
             )
             for row in rows

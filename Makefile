@@ -1,6 +1,7 @@
 # Two entry points a new user needs; everything else is `agentmesh --help`.
 #   make up    set up and run the example mesh (Ctrl-C stops it)
 #   make test  set up and run lint, type checks and the whole test suite
+#   make bench set up and run the benchmark suite (bench/README.md; `make bench-quick` for a short run)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -46,3 +47,17 @@ test: setup system-deps lint typecheck
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+# Benchmarks (bench/README.md). h2load, from Debian's nghttp2-client, generates the load; without it the
+# suite falls back to a Python load generator and says so in its report.
+BENCH_H2LOAD = command -v h2load >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nghttp2-client; } || \
+	echo "warning: install nghttp2-client (Debian) for h2load; the benchmark will use its Python load generator"
+.PHONY: bench bench-quick
+bench: setup
+	@$(BENCH_H2LOAD)
+	$(BIN)/python -m bench
+
+bench-quick: setup
+	@$(BENCH_H2LOAD)
+	$(BIN)/python -m bench --quick

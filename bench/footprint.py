@@ -16,6 +16,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+psutil: Any
 try:
     import psutil
 except ImportError:  # pragma: no cover - depends on the environment
@@ -47,6 +48,13 @@ def rss_bytes(pid: int) -> int:
     if psutil is not None:
         return int(psutil.Process(pid).memory_info().rss)
     return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores of the machine have spent busy (not idle or waiting on I/O) since boot."""
+    first = Path("/proc/stat").read_text().splitlines()[0].split()
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in first[1:9])
+    return (user + nice + system + irq + softirq + steal) / _CLOCK_TICKS
 
 
 def mib(value: float) -> float:
@@ -85,6 +93,9 @@ class Watch:
         self._thread: threading.Thread | None = None
         self._started = 0.0
         self.usage: dict[str, Usage] = {}
+        self._machine = 0.0
+        # Cores the whole machine kept busy over the block: ours, the load generator's and anyone else's.
+        self.machine_cores = 0.0
 
     def _sample(self) -> None:
         for name, pid in self._pids.items():
@@ -104,6 +115,7 @@ class Watch:
             self._cpu[name] = cpu_seconds(pid)
             self._rss_start[name] = rss_bytes(pid)
         self._peak = dict(self._rss_start)
+        self._machine = machine_busy_seconds()
         self._started = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="bench-footprint", daemon=True)
         self._thread.start()
@@ -116,6 +128,7 @@ class Watch:
         if self._thread is not None:
             self._thread.join()
         wall = time.monotonic() - self._started
+        self.machine_cores = (machine_busy_seconds() - self._machine) / wall if wall > 0 else 0.0
         self._sample()
         for name, pid in self._pids.items():
             try:

@@ -50,7 +50,7 @@ def _metadata(pairs: Sequence[str]) -> tuple[tuple[str, str], ...]:
 
 
 async def _unary(args: argparse.Namespace) -> dict[str, Any]:
-    body = Path(args.body_file).read_bytes()
+    body: bytes = args.body
     metadata = _metadata(args.metadata)
     channels = _channels(args.target, args.channels, args.authority)
     stubs = [c.unary_unary(args.method, request_serializer=None, response_deserializer=None) for c in channels]
@@ -105,7 +105,7 @@ async def _unary(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _ttfm(args: argparse.Namespace) -> dict[str, Any]:
-    body = Path(args.body_file).read_bytes()
+    body: bytes = args.body
     metadata = _metadata(args.metadata)
     (channel,) = _channels(args.target, 1, args.authority)
     stream = channel.unary_stream(args.method, request_serializer=None, response_deserializer=None)
@@ -127,7 +127,7 @@ async def _ttfm(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _streams(args: argparse.Namespace) -> dict[str, Any]:
-    body = Path(args.body_file).read_bytes()
+    body: bytes = args.body
     metadata = _metadata(args.metadata)
     channels = _channels(args.target, args.channels, args.authority)
     callables = [c.unary_stream(args.method, request_serializer=None, response_deserializer=None) for c in channels]
@@ -214,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--open-rate", type=float, default=1000.0, help="streams opened per second")
     parser.add_argument("--timeout", type=float, default=120.0, help="per-stream deadline (streams)")
     args = parser.parse_args(argv)
+    args.body = Path(args.body_file).read_bytes()
     run = {"unary": _unary, "ttfm": _ttfm, "streams": _streams}[args.mode]
     result = asyncio.run(run(args))
     Path(args.out).write_text(json.dumps(result))

@@ -7,10 +7,15 @@ h2load is not gRPC-aware, so a gRPC unary call is spelled out: POST to
 200), so the caller cross-checks successes against what the agent served.
 
 Open loop is `--rps` per client over `-c` clients, with `-m` streams per
-connection as a cap on requests in flight; latency comes from
-`--log-file` (one line per request: start time in µs since the epoch, HTTP
-status or -1, µs to the end of the response), which holds only requests of
-the measured period.
+connection as a cap on requests in flight. Each client sends on its own
+timer, so clients started together send in bursts (ten clients at 100 req/s
+hit the server with ten requests every 10 ms, which shows up as latency);
+connections are therefore opened one per `1/rate` (`-r 1 --rate-period`),
+which interleaves their timers into an even stream. h2load refuses `-r`
+with `-D`, so an open-loop run is `-n rate x duration` requests; closed-loop
+runs use `-D`. Latency comes from `--log-file` (one line per request: start
+time in µs since the epoch, HTTP status or -1, µs to the end of the
+response).
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ def grpc_frame(message: bytes) -> bytes:
 
 @dataclass(frozen=True)
 class Load:
-    """What to send: open loop at `rate` req/s, or closed loop (rate None) with clients × streams in flight."""
+    """What to send: open loop at `rate` req/s, or closed loop (rate None) with clients x streams in flight."""
 
     duration_s: float
     rate: float | None = None
@@ -55,6 +60,12 @@ class Load:
         if self.rate is None:
             raise ValueError("a closed-loop load has no rate")
         return self.rate / self.clients
+
+    def requests(self) -> int:
+        """Requests in an open-loop run: rate x duration, at least one per client."""
+        if self.rate is None:
+            raise ValueError("a closed-loop load has no request count")
+        return max(self.clients, round(self.rate * self.duration_s))
 
 
 def open_loop(rate: float, duration_s: float) -> Load:
@@ -74,15 +85,19 @@ def argv(
     executable: str = "h2load",
 ) -> list[str]:
     """The h2load command line for one run."""
-    args = [executable, "-c", str(load.clients), "-t", "1", "-D", _seconds(load.duration_s)]
-    if load.warmup_s > 0:
-        args += ["--warm-up-time", _seconds(load.warmup_s)]
+    args = [executable, "-c", str(load.clients), "-t", "1"]
+    if load.rate is None:
+        args += ["-D", _seconds(load.duration_s)]
+        if load.warmup_s > 0:
+            args += ["--warm-up-time", _seconds(load.warmup_s)]
+    else:
+        stagger_ms = max(1, round(1000 / load.rate))
+        args += ["-n", str(load.requests()), "-r", "1", "--rate-period", f"{stagger_ms}ms"]
+        args += ["--rps", _number(load.per_client_rps())]
     if http1:
         args.append("--h1")
     else:
         args += ["-m", str(load.streams)]
-    if load.rate is not None:
-        args += ["--rps", _number(load.per_client_rps())]
     args += ["-d", str(body), "--log-file", str(log_file)]
     for header in headers:
         args += ["-H", header]

@@ -65,10 +65,11 @@ class LoadError(RuntimeError):
 
 def result_from_h2load(summary: h2load.Summary, log: h2load.RequestLog, load: h2load.Load) -> LoadResult:
     """Combines h2load's totals with its per-request log."""
-    errors = summary.failed + summary.errored + summary.timeout + log.non_2xx
+    # h2load's `failed` includes its `errored` and `timeout` requests.
+    errors = summary.failed + log.non_2xx
     detail: dict[str, int] = {}
-    if summary.failed or summary.errored or summary.timeout:
-        detail["h2load_failed"] = summary.failed + summary.errored + summary.timeout
+    if summary.failed:
+        detail["h2load_failed"] = summary.failed
     for status, count in log.statuses.items():
         if status >= 0 and not 200 <= status < 300:
             detail[f"http_{status}"] = count
@@ -115,8 +116,11 @@ def run_h2load(
             summary = h2load.parse_summary(done.stdout)
         except ValueError as exc:
             raise LoadError(f"{exc}\n{done.stderr[-2000:]}") from exc
-        with log_file.open() as lines:
-            log = h2load.parse_log(lines)
+        if log_file.exists():
+            with log_file.open() as lines:
+                log = h2load.parse_log(lines)
+        else:  # nothing was sent (e.g. no connection)
+            log = h2load.parse_log(())
     return result_from_h2load(summary, log, load)
 
 

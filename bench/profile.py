@@ -1,11 +1,14 @@
 """Where a Python process under load spends its time: py-spy from outside, summarised (parsing is pure).
 
-`profile_process(pid, seconds, out)` runs `py-spy record --format raw`
-(collapsed stacks: `frame;frame;... <samples>`, leaf last) on a running
+`profile_process(pid, seconds, out)` runs `py-spy record --native --format
+raw` (collapsed stacks: `frame;frame;... <samples>`, leaf last, C frames
+included so grpc's Cython and the system calls under it show) on a running
 process while the caller drives load, then `summarise` turns the stacks into
 self and inclusive shares per function and self shares per source file: the
 numbers a hot-spot report quotes. Without py-spy the profile says so and is
 empty. py-spy is in the dev extras; it needs ptrace rights (root here).
+py-spy counts some waits as activity: `epoll_wait` in grpc's poller thread
+and bare libc addresses in idle executor threads are threads waiting.
 """
 
 from __future__ import annotations
@@ -140,6 +143,7 @@ def profile_process(pid: int, seconds: float, out: Path) -> Iterator[_Profile]:
         str(max(1, round(seconds))),
         "--rate",
         str(SAMPLE_RATE),
+        "--native",
         "--format",
         "raw",
         "--output",

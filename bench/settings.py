@@ -29,9 +29,9 @@ class Settings:
     # 3. streaming
     ttfm_calls: int = 300
     streams: int = 10_000
-    stream_open_rate: float = 1000.0
-    stream_hold_s: float = 20.0
-    stream_interval_ms: int = 2000
+    stream_open_rate: float = 500.0
+    stream_hold_s: float = 30.0
+    stream_interval_ms: int = 5000
     # 4. control plane
     ads_clients: tuple[int, ...] = (1000, 5000, 10_000)
     ads_processes: int = 4
@@ -59,6 +59,7 @@ class Settings:
             ttfm_calls=100,
             streams=1000,
             stream_hold_s=8.0,
+            stream_interval_ms=1000,
             ads_clients=(1000,),
             ads_processes=2,
             contract_s=0.2,

@@ -22,6 +22,8 @@ import importlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -55,8 +57,7 @@ def envoy_binary() -> Path | None:
 
 
 def envoy_version(binary: Path) -> str:
-    import subprocess
-
+    """'1.40.0' from `envoy --version`."""
     done = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=30)
     text = done.stdout.strip()
     # "envoy  version: <sha>/1.40.0/Clean/RELEASE/BoringSSL"
@@ -141,14 +142,10 @@ class Backend:
 
 def start_backend(work: Path, name: str = "backend") -> Backend:
     port = free_port()
-    process = start(name, [*_python(), "-m", "bench.backend", "--port", str(port)], work)
+    process = start(name, [sys.executable, "-m", "bench.backend", "--port", str(port)], work)
     address = f"127.0.0.1:{port}"
     wait_for(lambda: grpc_serving(address), what=f"{name} serving", timeout=STARTUP_TIMEOUT_S, process=process)
     return Backend(process, address)
-
-
-def _python() -> list[str]:
-    return [AGENTMESH[0]]
 
 
 @dataclass
@@ -282,7 +279,7 @@ def start_envoy(work: Path, binary: Path, name: str, control_plane: BenchControl
 
 
 def start_registrar(work: Path, control_plane: BenchControlPlane, agents: Mapping[str, str], name: str) -> Process:
-    argv = [*_python(), "-m", "bench.register", "--control-plane", control_plane.address]
+    argv = [sys.executable, "-m", "bench.register", "--control-plane", control_plane.address]
     for agent, address in agents.items():
         argv += ["--agent", f"{agent}={address}"]
     process = start(name, argv, work)

@@ -25,9 +25,11 @@ the comparison, the real proxyless client (`xds:///echo`) against `envoy2`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
+import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +38,6 @@ from typing import Any
 from bench import h2load
 from bench.backend import ECHO_PATH, Messages
 from bench.footprint import Usage, Watch
-from bench.latency import LatencySummary
 from bench.loadgen import PYTHON_XDS, LoadError, LoadResult, run_h2load, run_python_unary
 from bench.profile import profile_process
 from bench.settings import Settings
@@ -62,6 +63,7 @@ log = logging.getLogger("bench.hop")
 
 SIDECAR_AGENT = "echo"
 RAW_AGENT = "echo-raw"
+STREAMS_AGENT = "echo-streams"
 PATH_LABELS = {
     "direct": "client → backend",
     "sidecar": "client → sidecar → backend",
@@ -147,7 +149,7 @@ def hop_rig(settings: Settings, stack: contextlib.ExitStack) -> Iterator[HopRig]
     stack.callback(mesh_cp.stop)
     edge_cp = BenchControlPlane(work, "control-plane-edge", gateway_port=free_port())
     stack.callback(edge_cp.stop)
-    mesh_cp.apply([allow_only(name, CLIENT_AGENT) for name in (SIDECAR_AGENT, RAW_AGENT)])
+    mesh_cp.apply([allow_only(name, CLIENT_AGENT) for name in (SIDECAR_AGENT, RAW_AGENT, STREAMS_AGENT)])
     sidecar = start_bench_sidecar(work, SIDECAR_AGENT, upstream=backend.address, control_plane=mesh_cp.address)
     stack.callback(sidecar.process.stop)
     request = echo_request(settings)
@@ -180,36 +182,32 @@ def hop_rig(settings: Settings, stack: contextlib.ExitStack) -> Iterator[HopRig]
 
 
 def echo_request(settings: Settings) -> bytes:
-    messages = _messages()
+    messages = bench_messages()
     request: Any = messages.echo_request(
         id="bench-1", payload=b"p" * settings.payload_bytes, reply_bytes=settings.reply_bytes
     )
     return bytes(request.SerializeToString())
 
 
-_MESSAGES: list[Messages] = []
+@functools.cache
+def bench_messages() -> Messages:
+    """bench.v1's message classes, compiled once per process."""
+    return Messages()
 
 
-def _messages() -> Messages:
-    if not _MESSAGES:
-        _MESSAGES.append(Messages())
-    return _MESSAGES[0]
-
-
-def measured_run(
-    rig: HopRig, target: Target, load: h2load.Load, body: bytes, *, tool: str = "h2load"
-) -> dict[str, Any]:
+def measured_run(rig: HopRig, target: Target, load: h2load.Load, body: bytes) -> dict[str, Any]:
     """One h2load run with the proxies' CPU and memory and the backend's count of calls it served."""
     before = rig.backend.counters()["echo"]
     watched = {**target.proxies, "backend": rig.backend.pid}
     with Watch(watched) as watch:
         result = run_h2load(target.url, load, body=h2load.grpc_frame(body), headers=target.headers(), work_dir=rig.work)
     served = rig.backend.counters()["echo"] - before
-    return run_record(result, watch.usage, served, list(target.proxies))
+    return run_record(result, watch, served, list(target.proxies))
 
 
-def run_record(result: LoadResult, usage: Mapping[str, Usage], served: int, proxies: list[str]) -> dict[str, Any]:
+def run_record(result: LoadResult, watch: Watch, served: int, proxies: list[str]) -> dict[str, Any]:
     """A run as stored in the results: load, resources, and the served-calls cross-check."""
+    usage: Mapping[str, Usage] = watch.usage
     # h2load counts HTTP 200 as success; a gRPC error is HTTP 200 too. Calls that never reached
     # the backend but were counted as successes are errors.
     unserved = max(0, result.ok - served)
@@ -219,6 +217,7 @@ def run_record(result: LoadResult, usage: Mapping[str, Usage], served: int, prox
         "served_by_backend": served,
         "unserved_successes": unserved,
         "usage": {name: u.to_dict() for name, u in usage.items()},
+        "machine_busy_cores": watch.machine_cores,
         "proxy_cpu_s": proxy_cpu,
         "proxy_cpu_s_per_1k": proxy_cpu / served * 1000 if proxies and served else math.nan,
         "proxy_peak_rss_mb": {p: usage[p].rss_peak_mb for p in proxies if p in usage},
@@ -245,20 +244,23 @@ def run(settings: Settings, rig: HopRig) -> dict[str, Any]:
     }
     if h2load.binary() is None:
         return results | python_fallback(settings, rig, body)
-    for target in rig.targets():
-        log.info("hop: %s", target.name)
+    targets = rig.targets()
+    paths: dict[str, Any] = {t.name: {"rates": {}} for t in targets}
+    for target in targets:
         _warm(rig, target, body, settings)
-        path: dict[str, Any] = {"rates": {}}
-        for rate in settings.rates:
+    # Paths interleaved at each rate, so a burst of background load hits them alike.
+    for rate in settings.rates:
+        for target in targets:
+            log.info("hop: %s at %s req/s", target.name, rate)
             load = h2load.open_loop(rate, settings.fixed_s)
-            path["rates"][_key(rate)] = measured_run(rig, target, load, body)
-        saturation = h2load.Load(
-            duration_s=settings.saturation_s,
-            clients=settings.saturation_clients,
-            streams=settings.saturation_streams,
-        )
-        path["saturation"] = measured_run(rig, target, saturation, body)
-        results["paths"][target.name] = path
+            paths[target.name]["rates"][_key(rate)] = measured_run(rig, target, load, body)
+    saturation = h2load.Load(
+        duration_s=settings.saturation_s, clients=settings.saturation_clients, streams=settings.saturation_streams
+    )
+    for target in targets:
+        log.info("hop: %s saturation", target.name)
+        paths[target.name]["saturation"] = measured_run(rig, target, saturation, body)
+    results["paths"] = paths
     if settings.python_client:
         results["proxyless"] = proxyless_comparison(settings, rig, body)
     if settings.profile:
@@ -284,7 +286,7 @@ def python_fallback(settings: Settings, rig: HopRig, body: bytes) -> dict[str, A
                     metadata={SOURCE_HEADER: CLIENT_AGENT},
                     work_dir=rig.work,
                 )
-            record = run_record(result, watch.usage, rig.backend.counters()["echo"] - before, list(target.proxies))
+            record = run_record(result, watch, rig.backend.counters()["echo"] - before, list(target.proxies))
             if rate is None:
                 path["saturation"] = record
             else:
@@ -296,8 +298,6 @@ def python_fallback(settings: Settings, rig: HopRig, body: bytes) -> dict[str, A
 def proxyless_comparison(settings: Settings, rig: HopRig, body: bytes) -> dict[str, Any]:
     """The Python gRPC client at each rate: direct, `xds:///echo` (proxyless), and Envoy → Envoy."""
     env_xds = {"GRPC_XDS_BOOTSTRAP_CONFIG": rig.proxyless_bootstrap()}
-    import os
-
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("GRPC_XDS_BOOTSTRAP")}
     runs: list[tuple[str, str, str | None, dict[str, str], Mapping[str, int]]] = [
         ("direct", rig.backend.address, None, base_env, {}),
@@ -313,11 +313,10 @@ def proxyless_comparison(settings: Settings, rig: HopRig, body: bytes) -> dict[s
                 {"envoy_a": rig.envoy_front.pid, "envoy_b": rig.envoy.pid},
             )
         )
-    paths: dict[str, Any] = {}
-    for name, address, authority, env, proxies in runs:
-        log.info("hop (Python client): %s", name)
-        path: dict[str, Any] = {"rates": {}}
-        for rate in settings.rates:
+    paths: dict[str, Any] = {name: {"rates": {}} for name, *_ in runs}
+    for rate in settings.rates:
+        for name, address, authority, env, proxies in runs:
+            log.info("hop (Python client): %s at %s req/s", name, rate)
             before = rig.backend.counters()["echo"]
             try:
                 with Watch({**proxies, "backend": rig.backend.pid}) as watch:
@@ -334,11 +333,10 @@ def proxyless_comparison(settings: Settings, rig: HopRig, body: bytes) -> dict[s
                         work_dir=rig.work,
                     )
             except LoadError as exc:
-                path["rates"][_key(rate)] = {"error": str(exc)}
+                paths[name]["rates"][_key(rate)] = {"error": str(exc)}
                 continue
             served = rig.backend.counters()["echo"] - before
-            path["rates"][_key(rate)] = run_record(result, watch.usage, served, list(proxies))
-        paths[name] = path
+            paths[name]["rates"][_key(rate)] = run_record(result, watch, served, list(proxies))
     return {"tool": "grpc.aio (Python), same client for every path", "paths": paths}
 
 
@@ -355,14 +353,3 @@ def profile_sidecar(settings: Settings, rig: HopRig, body: bytes) -> dict[str, A
 
 def _key(rate: float) -> str:
     return str(int(rate)) if float(rate).is_integer() else str(rate)
-
-
-def added(paths: Mapping[str, Any], name: str, rate: float) -> dict[str, float] | None:
-    """Added latency of path `name` over `direct` at `rate`, from stored run records."""
-    try:
-        mine = paths[name]["rates"][_key(rate)]["load"]["latency"]
-        base = paths["direct"]["rates"][_key(rate)]["load"]["latency"]
-    except KeyError:
-        return None
-    own = LatencySummary(**mine)
-    return own.added_over(LatencySummary(**base)).to_dict()

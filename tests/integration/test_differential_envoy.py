@@ -27,6 +27,7 @@ import contextlib
 import math
 import os
 import re
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -37,13 +38,12 @@ import grpc
 import pytest
 import yaml
 
-from agentmesh.v1 import control_pb2, control_pb2_grpc
+from tests.integration.admin import Admin, node_id, policy_version
 from tests.integration.backends import ECHO, WRITE, ProbeBackend, probe_messages, probe_with_sidecar
-from tests.integration.controlplane import TOKEN, ControlPlaneProcess
+from tests.integration.controlplane import ControlPlaneProcess
 from tests.integration.mesh import AgentUnderTest, Messages, agent_with_sidecar
 from tests.integration.procs import Process, free_port, http_ok, wait_for
 from tests.integration.test_envoy_gateway import NODE_ID, start_envoy
-from tests.integration.test_mesh_control import healthy_versions
 from tests.integration.test_xds_interop import envoy_binary
 
 pytestmark = pytest.mark.timeout(240)
@@ -101,14 +101,13 @@ class Outcome:
 
 @dataclass
 class Row:
+    """One comparison: a case, its config, what each consumer did, and whether that is the same behaviour."""
+
     case: str
     config: str
     envoy: str
     agentmesh: str
-
-    @property
-    def match(self) -> bool:
-        return self.envoy == self.agentmesh
+    match: bool
 
 
 ROWS: list[Row] = []
@@ -126,8 +125,9 @@ class Differential:
     probes: dict[str, ProbeBackend]
     callers: dict[str, AgentUnderTest]
     messages: Messages
+    envoy_admin: int
+    admin: Admin
     _channels: dict[tuple[str, str], grpc.Channel] = field(default_factory=dict)
-    _admin: grpc.Channel | None = None
 
     # policy ------------------------------------------------------------------------------------
 
@@ -143,19 +143,10 @@ class Differential:
         self.wait_synced(version)
         return version
 
-    def proxy_status(self) -> control_pb2.ProxyStatusResponse:
-        if self._admin is None:
-            self._admin = grpc.insecure_channel(self.control_plane.address)
-        stub = control_pb2_grpc.ControlPlaneStub(self._admin)
-        reply: control_pb2.ProxyStatusResponse = stub.ProxyStatus(
-            control_pb2.ProxyStatusRequest(), metadata=(("authorization", f"Bearer {TOKEN}"),), timeout=5
-        )
-        return reply
-
     def node_ids(self) -> set[str]:
         sidecars = [*self.researchers.values(), *self.callers.values()]
-        ids = {f"{a.name}~{a.ports.inbound_address}" for a in sidecars}
-        ids |= {f"{p.name}~{p.inbound_address}" for p in self.probes.values()}
+        ids = {node_id(a.name, a.ports.inbound_address) for a in sidecars}
+        ids |= {node_id(p.name, p.inbound_address) for p in self.probes.values()}
         return ids | {NODE_ID}
 
     def synced(self, version: int) -> bool:
@@ -165,9 +156,9 @@ class Differential:
         in sync when no type awaits an ACK. Every policy here changes the gateway's route
         configuration, so the gateway having ACKed the current snapshot shows the push went out.
         """
-        status = self.proxy_status()
+        status = self.admin.proxy_status()
         snapshot = status.snapshot_version
-        if int(snapshot.partition("-")[0].lstrip("p") or -1) < version:
+        if policy_version(snapshot) < version:
             return False
         proxies = {p.node_id: p for p in status.proxies}
         if NODE_ID not in proxies or snapshot not in {r.acked_version for r in proxies[NODE_ID].resources}:
@@ -185,7 +176,7 @@ class Differential:
                 lambda: self.synced(version), what=f"every proxy on policy version {version}", timeout=SYNC_TIMEOUT
             )
         except AssertionError as exc:
-            status = self.proxy_status()
+            status = self.admin.proxy_status()
             rows = [
                 f"{p.node_id}: " + ", ".join(f"{r.type} {r.status} {r.acked_version} {r.error}" for r in p.resources)
                 for p in status.proxies
@@ -220,6 +211,7 @@ class Differential:
         timeout: float = 10,
     ) -> Outcome:
         """One unary call to agent `target` through Envoy (as `caller`) or through `caller`'s sidecar egress."""
+        extra: tuple[tuple[str, str], ...]
         if via == ENVOY:
             # What a caller's sidecar would assert: its agent name and team.
             channel, extra = self._channel(ENVOY, target), ((SOURCE_AGENT, caller), (SOURCE_TEAM, "examples"))
@@ -249,13 +241,13 @@ class Differential:
         reply: Any = m.reply.FromString(outcome.reply)
         return str(reply.instance)
 
-    def record(self, case: str, config: str, outcomes: dict[str, Any]) -> Row:
-        row = Row(case, config, _show(outcomes[ENVOY]), _show(outcomes[AGENTMESH]))
-        ROWS.append(row)
-        return row
+    def record(self, case: str, config: str, outcomes: dict[str, Any], *, match: bool | None = None) -> None:
+        """Keeps the comparison for the report; `match` defaults to the outcomes being equal."""
+        same = outcomes[ENVOY] == outcomes[AGENTMESH] if match is None else match
+        ROWS.append(Row(case, config, _show(outcomes[ENVOY]), _show(outcomes[AGENTMESH]), same))
 
     def close(self) -> None:
-        for channel in (*self._channels.values(), *([self._admin] if self._admin else [])):
+        for channel in self._channels.values():
             channel.close()
 
 
@@ -305,14 +297,18 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Differential]:
             name: stack.enter_context(agent_with_sidecar(tmp, name, control_plane=link(name)))
             for name in ("planner", "writer")
         }
-        wait_for(lambda: healthy_versions(control_plane, "researcher") == {"v1", "v2"}, what="researchers registered")
-        wait_for(lambda: healthy_versions(control_plane, "probe") == {"v1", "v2"}, what="probes registered")
+        api = Admin(control_plane.address)
+        stack.callback(api.close)
+        # Every instance registered and healthy, so both consumers see the same endpoints from the start.
+        wait_for(lambda: api.healthy_instances("researcher") == {"v1": 1, "v2": 1}, what="researchers healthy")
+        wait_for(lambda: api.healthy_instances("probe") == {"v1": 2, "v2": 1}, what="probes healthy")
         envoy = start_envoy(binary, control_plane, admin, tmp)
         stack.callback(envoy.stop)
         wait_for(lambda: http_ok(f"http://127.0.0.1:{admin}/ready"), what="Envoy initialized", process=envoy)
-        found = Differential(tmp, control_plane, envoy, gateway_port, researchers, probes, callers, Messages())
+        found = Differential(
+            tmp, control_plane, envoy, gateway_port, researchers, probes, callers, Messages(), admin, api
+        )
         stack.callback(found.close)
-        # Both probe instances of v1 must be in every consumer's endpoints before anything is compared.
         found.wait_synced(0)
         yield found
     report = os.environ.get("AGENTMESH_DIFF_REPORT")
@@ -339,19 +335,22 @@ def each_via(run: Callable[[str], Any]) -> dict[str, Any]:
 # --- routing -----------------------------------------------------------------------------------
 
 
-def test_weighted_split_80_20(mesh: Differential) -> None:
-    mesh.apply("split-80-20", traffic("researcher", split=split(v1=80, v2=20)))
-    calls = 300
+def test_weighted_split_80_20(mesh: Differential, probes: dict[str, ProbeBackend]) -> None:
+    mesh.apply("split-80-20", traffic("probe", split=split(v1=80, v2=20)))
+    calls = 1000
     lo, hi = binomial_interval(calls, 0.2, SPLIT_CONFIDENCE)
-    outcomes = each_via(lambda via: Counter(mesh.search(via) for _ in range(calls)))
+    version = {name: probe.version for name, probe in probes.items()}
+    outcomes = each_via(lambda via: Counter(version.get(mesh.probe(via), "error") for _ in range(calls)))
+    within = {
+        via: counts["v1"] + counts["v2"] == calls and lo <= counts["v2"] <= hi for via, counts in outcomes.items()
+    }
     mesh.record(
         "weighted split",
         f"v1 80 / v2 20, {calls} calls (v2 expected in [{lo}, {hi}])",
         outcomes,
+        match=all(within.values()),
     )
-    for counts in outcomes.values():
-        assert counts.total() == counts["v1"] + counts["v2"] == calls, outcomes
-        assert lo <= counts["v2"] <= hi, outcomes
+    assert within == {ENVOY: True, AGENTMESH: True}, outcomes
 
 
 HEADER_ROUTES = [
@@ -396,14 +395,24 @@ def test_header_routes(mesh: Differential) -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="a header sent twice: Envoy matches the values joined with ',' ('gamma,beta'), "
-    "the sidecar only the last one (sidecar/inbound/server.py metadata_of keeps one value per key)",
+    reason="a header sent twice: Envoy 1.40 matches when any of its values matches; the sidecar matches "
+    "only the last value (sidecar/inbound/server.py metadata_of keeps one value per key, "
+    "sidecar/config/snapshot.py HeaderMatcher.matches takes one)",
 )
 def test_header_sent_twice(mesh: Differential) -> None:
     mesh.apply("header-twice", traffic("researcher", split=split(v1=100), routes=HEADER_ROUTES[:1]))
-    headers = (("x-tenant", "gamma"), ("x-tenant", "beta"))
-    outcomes = each_via(lambda via: Counter(mesh.search(via, metadata=headers) for _ in range(5)))
-    mesh.record("header sent twice", "x-tenant exact beta → v2; sent x-tenant: gamma, x-tenant: beta", outcomes)
+    sent = {
+        "gamma, beta": (("x-tenant", "gamma"), ("x-tenant", "beta")),
+        "beta, gamma": (("x-tenant", "beta"), ("x-tenant", "gamma")),
+        "beta, beta": (("x-tenant", "beta"), ("x-tenant", "beta")),
+        "gamma,beta": (("x-tenant", "gamma,beta"),),
+    }
+    outcomes = each_via(
+        lambda via: {
+            case: Counter(mesh.search(via, metadata=headers) for _ in range(3)) for case, headers in sent.items()
+        }
+    )
+    mesh.record("header sent twice", "x-tenant exact beta → v2", outcomes)
     assert outcomes[ENVOY] == outcomes[AGENTMESH]
 
 
@@ -416,9 +425,11 @@ def test_method_routes(mesh: Differential, probes: dict[str, ProbeBackend]) -> N
             "Write": Counter(mesh.probe(via, WRITE) for _ in range(10)),
         }
     )
-    mesh.record("method route", "Probe/Write → v2 (c); default v1 (a, b)", outcomes)
-    assert {via: set(o["Echo"]) <= {"a", "b"} for via, o in outcomes.items()} == {ENVOY: True, AGENTMESH: True}
-    assert {via: o["Write"] for via, o in outcomes.items()} == {ENVOY: Counter(c=10), AGENTMESH: Counter(c=10)}
+    where = {via: ({*o["Echo"]} <= {"a", "b"}, o["Write"]) for via, o in outcomes.items()}
+    mesh.record(
+        "method route", "Probe/Write → v2 (c); default v1 (a, b)", outcomes, match=where[ENVOY] == where[AGENTMESH]
+    )
+    assert where == {ENVOY: (True, Counter(c=10)), AGENTMESH: (True, Counter(c=10))}
 
 
 def test_version_pinning(mesh: Differential) -> None:
@@ -471,6 +482,12 @@ def test_retry_on_unavailable(mesh: Differential, probes: dict[str, ProbeBackend
     }
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="per-try timeout: Envoy does not retry it under gRPC retry_on codes (only 5xx, gateway-error, "
+    "reset) and answers UNAVAILABLE after 1 attempt; the sidecar retries it as deadline-exceeded and answers "
+    "DEADLINE_EXCEEDED after 3 (sidecar/outbound/egress.py Egress._retry, sidecar/outbound/retry.py)",
+)
 def test_per_try_timeout(mesh: Differential, probes: dict[str, ProbeBackend]) -> None:
     retries = {**RETRIES, "per_try_timeout": "200ms", "retry_on": ["unavailable", "deadline-exceeded"]}
     mesh.apply("per-try-timeout", traffic("probe", split=split(v2=100), retries=retries))
@@ -493,7 +510,8 @@ def test_per_try_timeout(mesh: Differential, probes: dict[str, ProbeBackend]) ->
 
 # --- outlier detection -------------------------------------------------------------------------
 
-OUTLIER = {"consecutive_errors": 3, "interval": "1s", "base_ejection_time": "30s", "max_ejection_percent": 50}
+# An ejection outlasts every test that looks at it, so nothing below depends on when it ends.
+OUTLIER = {"consecutive_errors": 3, "interval": "1s", "base_ejection_time": "120s", "max_ejection_percent": 50}
 
 
 def test_outlier_ejection(mesh: Differential, probes: dict[str, ProbeBackend]) -> None:
@@ -518,26 +536,63 @@ def test_outlier_ejection(mesh: Differential, probes: dict[str, ProbeBackend]) -
         assert outcome["next 20 calls"] == Counter(a=20), (via, outcomes)
 
 
-def test_ejection_after_outlier_detection_is_removed(mesh: Differential, probes: dict[str, ProbeBackend]) -> None:
-    mesh.apply("outlier-on", traffic("probe", split=split(v1=100), outlier_detection=OUTLIER))
-    b = probes["b"]
+def eject_b(mesh: Differential, b: ProbeBackend) -> None:
+    """b fails every call; both consumers send it nothing any more (bounded wait)."""
     b.behave(fail_always=True)
     for via in VIAS:
-        wait_for(
-            lambda via=via: Counter(mesh.probe(via) for _ in range(10)) == Counter(a=10),  # type: ignore[misc]
-            what=f"b ejected by {via}",
-            timeout=SYNC_TIMEOUT,
-        )
+        wait_for(only_a_answers(mesh, via), what=f"b ejected by {via}", timeout=SYNC_TIMEOUT)
+
+
+def only_a_answers(mesh: Differential, via: str) -> Callable[[], bool]:
+    """A check for wait_for: 10 calls in a row answered by a."""
+    return lambda: Counter(mesh.probe(via) for _ in range(10)) == Counter(a=10)
+
+
+def calls_reaching(mesh: Differential, b: ProbeBackend, via: str, count: int = 20) -> str:
+    """Whether b is back in rotation, judged by `count` calls."""
+    before = b.calls()
+    for _ in range(count):
+        mesh.probe(via)
+    seen = b.calls() - before
+    return f"b back ({seen} of {count} calls)" if seen else f"b still ejected (0 of {count} calls)"
+
+
+def verdict(outcome: str) -> str:
+    """'b back' or 'b still ejected', without the counts."""
+    return outcome.split(" (")[0]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="an ejection outlives a change of the cluster: Envoy rebuilds the cluster on any CDS change, so b "
+    "gets traffic again at once (and is ejected again if detection is still on); the sidecar keeps b ejected "
+    "until its ejection time runs out (sidecar/outbound/endpoints.py ClusterState.update keeps "
+    "EndpointState.ejected_until and the ejection backoff)",
+)
+def test_ejection_after_a_cluster_change(mesh: Differential, probes: dict[str, ProbeBackend]) -> None:
+    b = probes["b"]
+    mesh.apply("outlier-on", traffic("probe", split=split(v1=100), outlier_detection=OUTLIER))
+    eject_b(mesh, b)
+    breaker = {"outlier_detection": OUTLIER, "circuit_breaker": {"max_requests": 500}}
+    mesh.apply("outlier-breaker", traffic("probe", split=split(v1=100), **breaker))
+    changed = each_via(lambda via: calls_reaching(mesh, b, via))
+    mesh.record(
+        "ejected endpoint, then a cluster change",
+        "b ejected; circuit_breaker.max_requests set",
+        changed,
+        match=verdict(changed[ENVOY]) == verdict(changed[AGENTMESH]),
+    )
+    eject_b(mesh, b)
     mesh.apply("outlier-off", traffic("probe", split=split(v1=100)))
-
-    def run(via: str) -> str:
-        before = b.calls()
-        Counter(mesh.probe(via) for _ in range(20))
-        return f"b saw {b.calls() - before} of 20 calls"
-
-    outcomes = each_via(run)
-    mesh.record("outlier detection removed", "b ejected, then the policy drops outlier_detection", outcomes)
-    assert outcomes[ENVOY] == outcomes[AGENTMESH]
+    removed = each_via(lambda via: calls_reaching(mesh, b, via))
+    mesh.record(
+        "ejected endpoint, then no detection",
+        "b ejected; outlier_detection removed",
+        removed,
+        match=verdict(removed[ENVOY]) == verdict(removed[AGENTMESH]),
+    )
+    back = {via: (verdict(changed[via]), verdict(removed[via])) for via in VIAS}
+    assert back[ENVOY] == back[AGENTMESH]
 
 
 # --- access ------------------------------------------------------------------------------------
@@ -562,8 +617,9 @@ ACCESS_CASES = {
         },
         {"name": "writer-denied", "action": "deny", "from": {"agents": ["writer"]}},
     ),
-    "deny team examples, allow planner (deny wins)": access(
-        "allow",
+    "allow planner, deny team examples (deny wins)": access(
+        "deny",
+        {"name": "planner-allowed", "action": "allow", "from": {"agents": ["planner"]}},
         {"name": "no-examples", "action": "deny", "from": {"teams": ["examples"]}},
     ),
     "allow planner only (default deny)": access(
@@ -588,3 +644,28 @@ def test_access_policy(mesh: Differential, case: str) -> None:
     outcomes = each_via(run)
     mesh.record("access", case, outcomes)
     assert outcomes[ENVOY] == outcomes[AGENTMESH]
+
+
+# --- Envoy and the control plane ---------------------------------------------------------------
+
+
+def envoy_stat(mesh: Differential, suffix: str) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{mesh.envoy_admin}/stats?filter={suffix}", timeout=5) as answer:
+        lines = answer.read().decode().splitlines()
+    return sum(int(line.rsplit(":", 1)[1]) for line in lines if line.split(":")[0].endswith(suffix))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Envoy keeps a changed EDS cluster warming until initial_fetch_timeout (15 s): it asks for the "
+    "cluster's ClusterLoadAssignment again, and the ADS server answers nothing because the assignment did "
+    "not change (control_plane/xds/ads_server.py _AdsStream._on_request answers only initial or changed "
+    "subscriptions); the CDS ACK, and the new cluster settings, come 15 s late",
+)
+def test_envoy_takes_a_cluster_change_without_waiting_for_endpoints(mesh: Differential) -> None:
+    timeouts = envoy_stat(mesh, ".init_fetch_timeout")
+    mesh.apply("lb-round-robin", traffic("probe", split=split(v1=100), load_balancing="round_robin"))
+    waited = envoy_stat(mesh, ".init_fetch_timeout") - timeouts
+    outcomes = {ENVOY: f"{waited} clusters waited for endpoints", AGENTMESH: "applied at once (no warming)"}
+    mesh.record("cluster change", "load_balancing: round_robin", outcomes, match=waited == 0)
+    assert waited == 0

@@ -1,0 +1,531 @@
+"""Turns a suite's results into targets, tables, a terminal report and a markdown summary (pure).
+
+Targets are ratios and limits checked within one run on one machine
+(`evaluate_targets`); each is PASS, FAIL, or n/a when its measurement is
+missing. They are reported, never asserted: a benchmark informs, a test
+decides. Every table is a `Table` (title, headers, rows of strings), rendered
+aligned for the terminal (`text`) or as GitHub markdown (`markdown`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+TARGET_RATE = 1000.0
+SIDECAR_P50_VS_ENVOY = 1.5
+SIDECAR_P99_VS_ENVOY = 2.0
+REQUESTS_PER_CORE = 3000.0
+CPU_S_PER_1K = 0.35
+IDLE_SIDECAR_MB = 60.0
+STREAMS_RSS_MB = 300.0
+FULL_STREAMS = 10_000
+
+
+@dataclass(frozen=True)
+class TargetResult:
+    name: str
+    measured: str
+    limit: str
+    passed: bool | None  # None: not measured in this run
+
+    @property
+    def verdict(self) -> str:
+        return "n/a" if self.passed is None else ("PASS" if self.passed else "FAIL")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "measured": self.measured, "limit": self.limit, "verdict": self.verdict}
+
+
+@dataclass(frozen=True)
+class Table:
+    title: str
+    headers: Sequence[str]
+    rows: Sequence[Sequence[str]]
+    notes: Sequence[str] = field(default_factory=tuple)
+
+
+def fmt(value: Any, digits: int = 2) -> str:
+    """Numbers for tables: fixed decimals, thousands for large ones, '—' for missing or NaN."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "—"
+        if math.isinf(value):
+            return "∞"
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _get(data: Any, *keys: str | int) -> Any:
+    """data[k1][k2]...; None when any step is missing."""
+    for key in keys:
+        found = isinstance(data, Mapping) and key in data
+        found = found or (isinstance(data, Sequence) and isinstance(key, int) and -len(data) <= key < len(data))
+        if not found:
+            return None
+        data = data[key]
+    return data
+
+
+def _rate_key(rates: Sequence[float]) -> str:
+    rate = TARGET_RATE if TARGET_RATE in rates else max(rates, default=TARGET_RATE)
+    return str(int(rate)) if float(rate).is_integer() else str(rate)
+
+
+def _added(paths: Mapping[str, Any], name: str, rate: str, pct: str) -> float | None:
+    mine = _get(paths, name, "rates", rate, "load", "latency", pct)
+    base = _get(paths, "direct", "rates", rate, "load", "latency", pct)
+    if mine is None or base is None:
+        return None
+    return float(mine) - float(base)
+
+
+def _ratio_target(name: str, value: float | None, reference: float | None, limit: float, what: str) -> TargetResult:
+    if value is None or reference is None or math.isnan(value) or math.isnan(reference):
+        return TargetResult(name, "not measured", f"≤ {limit:g}x {what}", None)
+    if reference <= 0:
+        # The direct run was slower at this percentile than the path through the proxy: background load,
+        # not a property of either path. Not comparable.
+        measured = f"{value:.3f} ms vs {reference:.3f} ms (reference ≤ 0: the direct run was noisier)"
+        return TargetResult(name, measured, f"≤ {limit:g}x {what}", None)
+    else:
+        passed = value <= limit * reference
+        measured = f"{value:.3f} ms vs {reference:.3f} ms ({value / reference:.2f}x)"
+    return TargetResult(name, measured, f"≤ {limit:g}x {what}", passed)
+
+
+def _limit_target(name: str, value: float | None, limit: float, unit: str, *, at_least: bool = False) -> TargetResult:
+    bound = f"{'≥' if at_least else '≤'} {fmt(limit)} {unit}"
+    if value is None or math.isnan(value):
+        return TargetResult(name, "not measured", bound, None)
+    passed = value >= limit if at_least else value <= limit
+    return TargetResult(name, f"{fmt(value)} {unit}", bound, passed)
+
+
+def evaluate_targets(results: Mapping[str, Any]) -> list[TargetResult]:
+    """The issue's targets, from one run's results."""
+    hop = results.get("hop") or {}
+    paths = hop.get("paths") or {}
+    rate = _rate_key(hop.get("rates") or [])
+    targets = []
+    for pct, limit in (("p50_ms", SIDECAR_P50_VS_ENVOY), ("p99_ms", SIDECAR_P99_VS_ENVOY)):
+        targets.append(
+            _ratio_target(
+                f"sidecar hop at {rate} req/s: added {pct[:3]}",
+                _added(paths, "sidecar", rate, pct),
+                _added(paths, "envoy", rate, pct),
+                limit,
+                "Envoy's",
+            )
+        )
+    proxyless = _get(hop, "proxyless", "paths") or {}
+    sources = [("h2load; sidecar inbound, where xds:///echo resolves", paths, "sidecar")]
+    if proxyless:
+        sources.append(("xds:/// Python client", proxyless, "proxyless"))
+    for source, compared, candidate in sources:
+        for pct in ("p50_ms", "p99_ms"):
+            targets.append(
+                _ratio_target(
+                    f"proxyless vs two Envoys at {rate} req/s: added {pct[:3]} ({source})",
+                    _added(compared, candidate, rate, pct),
+                    _added(compared, "envoy2", rate, pct),
+                    1.0,
+                    "two Envoys'",
+                )
+            )
+    saturation = _get(paths, "sidecar", "saturation")
+    per_core = None
+    if saturation is not None and saturation.get("proxy_cores"):
+        per_core = float(saturation["load"]["achieved_rps"]) / float(saturation["proxy_cores"])
+    targets.append(
+        _limit_target(
+            "sidecar req/s per core (saturation, all features)", per_core, REQUESTS_PER_CORE, "req/s", at_least=True
+        )
+    )
+    targets.append(
+        _limit_target(
+            f"sidecar CPU per 1,000 requests at {rate} req/s",
+            _get(paths, "sidecar", "rates", rate, "proxy_cpu_s_per_1k"),
+            CPU_S_PER_1K,
+            "CPU-s",
+        )
+    )
+    targets.append(
+        _limit_target(
+            "idle sidecar RSS", _get(results, "idle", "processes", "sidecar", "rss_mb"), IDLE_SIDECAR_MB, "MB"
+        )
+    )
+    streams = _get(results, "streaming", "open_streams") or {}
+    count = streams.get("streams")
+    label = f"{fmt(count) if count else '?'} open streams"
+    if count and count != FULL_STREAMS:
+        label += f" (full run: {FULL_STREAMS:,})"
+    targets.append(_limit_target(f"{label}: sidecar peak RSS", streams.get("rss_peak_mb"), STREAMS_RSS_MB, "MB"))
+    errors = streams.get("errors")
+    if errors is not None and streams.get("opened") is not None:
+        errors = int(errors) + max(0, int(count or 0) - int(streams["opened"]) - int(errors))
+    targets.append(_limit_target(f"{label}: errors", None if errors is None else float(errors), 0, "errors"))
+    return targets
+
+
+def _latency_cells(latency: Mapping[str, Any] | None) -> list[str]:
+    if latency is None:
+        return ["—"] * 3
+    return [fmt(latency.get(k)) for k in ("p50_ms", "p90_ms", "p99_ms")]
+
+
+def hop_table(hop: Mapping[str, Any]) -> Table:
+    paths = hop.get("paths") or {}
+    labels = hop.get("labels") or {}
+    rows: list[list[str]] = []
+    for name, path in paths.items():
+        runs = [(key, run) for key, run in (path.get("rates") or {}).items()]
+        if path.get("saturation") is not None:
+            runs.append(("max", path["saturation"]))
+        for key, run in runs:
+            if "error" in run:
+                rows.append([name, key, run["error"][:60]] + ["—"] * 11)
+                continue
+            latency = run["load"]["latency"]
+            added = ["—"] * 3
+            if key != "max" and name != "direct":
+                added = [fmt(_added(paths, name, key, pct)) for pct in ("p50_ms", "p90_ms", "p99_ms")]
+            rss = run.get("proxy_peak_rss_mb") or {}
+            rows.append(
+                [
+                    f"{name} ({labels.get(name, '')})" if labels.get(name) else name,
+                    key,
+                    fmt(run["load"]["achieved_rps"], 0),
+                    *_latency_cells(latency),
+                    *added,
+                    fmt(run.get("proxy_cpu_s_per_1k"), 3),
+                    fmt(run.get("proxy_cores")),
+                    " + ".join(fmt(v, 0) for v in rss.values()) or "—",
+                    fmt(run["load"]["errors"] + run.get("unserved_successes", 0)),
+                    fmt(run.get("machine_busy_cores")),
+                ]
+            )
+    notes = [
+        f"load generator: {hop.get('tool')}; request {hop.get('request_bytes')} B, reply {hop.get('reply_bytes')} B "
+        "payload; fixed rates are open loop, `max` is closed loop (saturation).",
+        "latency in ms; +pXX = the path's percentile minus the direct path's at the same rate.",
+        "CPU-s/1k and cores: the path's proxies only (both Envoys for envoy2); machine = busy cores of the whole "
+        "machine during the run (ours, the load generator's and anyone else's).",
+    ]
+    headers = [
+        "path",
+        "req/s",
+        "achieved",
+        "p50",
+        "p90",
+        "p99",
+        "+p50",
+        "+p90",
+        "+p99",
+        "CPU-s/1k",
+        "cores",
+        "peak RSS MB",
+        "errors",
+        "machine",
+    ]
+    return Table("1. Unary hop (gRPC, ~1 KiB)", headers, rows, notes)
+
+
+def proxyless_table(hop: Mapping[str, Any]) -> Table | None:
+    proxyless = hop.get("proxyless")
+    if not proxyless:
+        return None
+    paths = proxyless.get("paths") or {}
+    labels = hop.get("labels") or {}
+    rows = []
+    for name, path in paths.items():
+        for key, run in (path.get("rates") or {}).items():
+            if "error" in run:
+                rows.append([name, key, run["error"][:60]] + ["—"] * 7)
+                continue
+            added = ["—", "—"] if name == "direct" else [fmt(_added(paths, name, key, p)) for p in ("p50_ms", "p99_ms")]
+            latency = run["load"]["latency"]
+            rows.append(
+                [
+                    f"{name} ({labels.get(name, '')})",
+                    key,
+                    fmt(run["load"]["achieved_rps"], 0),
+                    fmt(latency["p50_ms"]),
+                    fmt(latency["p99_ms"]),
+                    *added,
+                    fmt(run.get("proxy_cpu_s_per_1k"), 3),
+                    fmt(run["load"]["errors"] + run.get("unserved_successes", 0)),
+                    fmt(run.get("machine_busy_cores")),
+                ]
+            )
+    headers = ["path", "req/s", "achieved", "p50", "p99", "+p50", "+p99", "CPU-s/1k", "errors", "machine"]
+    notes = [f"load generator: {proxyless.get('tool')} (open loop, latency from each call's scheduled time)."]
+    return Table("1b. Proxyless (xds:///) vs two Envoys, same Python client", headers, rows, notes)
+
+
+def http_table(http: Mapping[str, Any]) -> Table | None:
+    if not http or "paths" not in http:
+        return None
+    rows = []
+    for name, modes in http["paths"].items():
+        for mode, run in modes.items():
+            if "error" in run:
+                rows.append([name, mode, run["error"][:60]] + ["—"] * 6)
+                continue
+            latency = run["load"]["latency"]
+            rows.append(
+                [
+                    name,
+                    fmt(http.get("rate"), 0) if mode == "rate" else "max",
+                    fmt(run["load"]["achieved_rps"], 0),
+                    *_latency_cells(latency),
+                    fmt(run.get("proxy_cpu_s_per_1k"), 3),
+                    fmt(run["load"]["errors"] + run.get("unserved_successes", 0)),
+                    fmt(run.get("machine_busy_cores")),
+                ]
+            )
+    added = http.get("added") or {}
+    notes = [
+        "direct: h2load HTTP/1.1 POST /v1/search with JSON; sidecar: h2load gRPC to the sidecar, which transcodes "
+        "to that same HTTP/JSON call (researcher example agent).",
+        f"added by the sidecar at {fmt(http.get('rate'), 0)} req/s: p50 {fmt(added.get('p50_ms'))} ms, "
+        f"p90 {fmt(added.get('p90_ms'))} ms, p99 {fmt(added.get('p99_ms'))} ms.",
+    ]
+    if http.get("transcoding_over_passthrough_p50_ms") is not None:
+        notes.append(
+            "transcoding share (this added p50 minus the gRPC passthrough hop's at the same rate): "
+            f"{fmt(http['transcoding_over_passthrough_p50_ms'])} ms."
+        )
+    headers = ["path", "req/s", "achieved", "p50", "p90", "p99", "CPU-s/1k", "errors", "machine"]
+    return Table("2. HTTP/JSON agent (transcoding)", headers, rows, notes)
+
+
+def streaming_tables(streaming: Mapping[str, Any]) -> list[Table]:
+    tables = []
+    ttfm = streaming.get("ttfm") or {}
+    if ttfm:
+        rows = []
+        for name in ("direct", "sidecar"):
+            entry = ttfm.get(name) or {}
+            rows.append([name, *_latency_cells(entry.get("latency")), fmt(sum((entry.get("errors") or {}).values()))])
+        added = ttfm.get("added") or {}
+        rows.append(["added by sidecar", *(fmt(added.get(k)) for k in ("p50_ms", "p90_ms", "p99_ms")), "—"])
+        tables.append(
+            Table(
+                "3a. Streaming: time to first message (ms)",
+                ["path", "p50", "p90", "p99", "errors"],
+                rows,
+                [f"{fmt(ttfm.get('calls'))} sequential calls, Python gRPC client."],
+            )
+        )
+    streams = streaming.get("open_streams") or {}
+    if streams:
+        if "error" in streams:
+            rows = [["error", streams["error"][:100]]]
+        else:
+            rows = [
+                ["streams", fmt(streams.get("streams"))],
+                ["opened / completed", f"{fmt(streams.get('opened'))} / {fmt(streams.get('completed'))}"],
+                ["errors", f"{fmt(streams.get('errors'))} {streams.get('error_detail') or ''}".strip()],
+                ["time to open all (s)", fmt(streams.get("open_s"))],
+                [
+                    "sidecar RSS before / all open / peak (MB)",
+                    " / ".join(fmt(streams.get(k), 0) for k in ("rss_before_mb", "rss_all_open_mb", "rss_peak_mb")),
+                ],
+                [
+                    "messages/s while all open (offered)",
+                    f"{fmt(streams.get('steady_rate'), 0)} ({fmt(streams.get('offered_rate'), 0)})",
+                ],
+                ["sidecar CPU-s over the run", fmt(streams.get("sidecar_cpu_s"))],
+                ["machine busy cores", fmt(streams.get("machine_busy_cores"))],
+            ]
+        tables.append(Table("3b. Streaming: open server streams through one sidecar", ["", "value"], rows))
+    return tables
+
+
+def control_plane_table(cp: Mapping[str, Any]) -> Table | None:
+    steps = cp.get("steps") if cp else None
+    if not steps:
+        return None
+    rows = []
+    for step in steps:
+        latency = step.get("ack_latency") or {}
+        rows.append(
+            [
+                fmt(step.get("clients")),
+                fmt(step.get("connect_s")),
+                fmt(step.get("rss_connected_mb"), 0),
+                fmt(latency.get("p50_ms"), 0),
+                fmt(latency.get("p99_ms"), 0),
+                fmt(latency.get("max_ms"), 0),
+                fmt(step.get("missing", step.get("error"))),
+                fmt(step.get("push_cpu_s")),
+                fmt(step.get("machine_busy_cores")),
+            ]
+        )
+    notes = [
+        f"simulated sidecars over {cp.get('processes')} processes, each its own connection; {cp.get('agents')} "
+        f"registered agents; idle control plane before any client: {fmt(cp.get('idle_rss_mb'), 0)} MB.",
+        "ACK latency: from the admin API call changing a route timeout to each client's ACK of the new version.",
+    ]
+    headers = [
+        "ADS clients",
+        "all synced (s)",
+        "RSS MB",
+        "ACK p50 ms",
+        "ACK p99 ms",
+        "ACK max ms",
+        "missing",
+        "push CPU-s",
+        "machine",
+    ]
+    return Table("4. Control plane scale", headers, rows, notes)
+
+
+def idle_tables(idle: Mapping[str, Any]) -> list[Table]:
+    processes = (idle or {}).get("processes")
+    if not processes:
+        return []
+    rows = [[name, fmt(p.get("rss_mb"), 1), fmt(p.get("cpu_cores"), 3)] for name, p in processes.items()]
+    found = [
+        Table(
+            "5. Idle footprint",
+            ["process", "RSS MB", "CPU cores"],
+            rows,
+            [f"over {fmt(idle.get('window_s'))} s before any load."],
+        )
+    ]
+    imports = idle.get("sidecar_imports")
+    if imports:
+        rows = [[step["step"], fmt(step["rss_mb"], 1), f"+{fmt(step['added_mb'], 1)}"] for step in imports]
+        notes = [
+            "a fresh interpreter importing the sidecar's dependencies in turn: code loaded before any state is kept."
+        ]
+        found.append(
+            Table("5b. Where the idle sidecar's RSS comes from", ["import step", "RSS MB", "added"], rows, notes)
+        )
+    return found
+
+
+def contract_table(contract: Mapping[str, Any]) -> Table | None:
+    if not contract:
+        return None
+    rows = [
+        [
+            name,
+            fmt(c.get("wire_bytes")),
+            fmt(c.get("decode_us")),
+            fmt(c.get("parse_and_validate_us")),
+            fmt(c.get("validation_us")),
+            fmt(c.get("from_json_us")),
+        ]
+        for name, c in contract.items()
+    ]
+    headers = ["message", "wire bytes", "decode µs", "parse+validate µs", "validation µs", "from JSON µs"]
+    return Table("6. Contract validation per message (MessageChecker, in-process)", headers, rows)
+
+
+def targets_table(targets: Sequence[TargetResult]) -> Table:
+    rows = [[t.name, t.measured, t.limit, t.verdict] for t in targets]
+    return Table("Targets", ["target", "measured", "limit", "verdict"], rows)
+
+
+def profile_table(profile: Mapping[str, Any] | None, *, top: int = 15) -> Table | None:
+    if not profile:
+        return None
+    if not profile.get("available"):
+        return Table("Sidecar profile", ["note"], [[str(profile.get("reason", "not taken"))]])
+    rows = [[name, f"{share * 100:.1f}%"] for name, share in profile.get("self_by_function", [])[:top]]
+    files = ", ".join(f"{name} {share * 100:.0f}%" for name, share in profile.get("self_by_file", [])[:8])
+    notes = [
+        f"py-spy, {fmt(profile.get('samples'))} samples at {profile.get('rate_hz')} Hz during a saturation run; "
+        f"by file: {files}."
+    ]
+    return Table("Sidecar profile (self time, top functions)", ["function", "self"], rows, notes)
+
+
+def tables(results: Mapping[str, Any], targets: Sequence[TargetResult]) -> list[Table]:
+    found: list[Table | None] = []
+    hop = results.get("hop")
+    if hop:
+        found += [hop_table(hop), proxyless_table(hop)]
+    found.append(http_table(results.get("http_json") or {}))
+    found += streaming_tables(results.get("streaming") or {})
+    found += [
+        control_plane_table(results.get("control_plane") or {}),
+        *idle_tables(results.get("idle") or {}),
+        contract_table(results.get("contract") or {}),
+        profile_table(_get(results, "hop", "profile")),
+        targets_table(targets),
+    ]
+    return [t for t in found if t is not None]
+
+
+def text(table: Table) -> str:
+    """An aligned plain-text table with its title and notes."""
+    widths = [len(h) for h in table.headers]
+    for row in table.rows:
+        for index, cell in enumerate(row[: len(widths)]):
+            widths[index] = max(widths[index], len(cell))
+    lines = [table.title, "=" * len(table.title)]
+    lines.append("  ".join(h.ljust(w) for h, w in zip(table.headers, widths, strict=False)).rstrip())
+    lines.append("  ".join("-" * w for w in widths))
+    for row in table.rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)).rstrip())
+    lines += [f"  * {note}" for note in table.notes]
+    return "\n".join(lines)
+
+
+def _md_cell(cell: str) -> str:
+    return cell.replace("|", "\\|")
+
+
+def markdown_table(table: Table) -> str:
+    lines = [f"### {table.title}", ""]
+    lines.append("| " + " | ".join(_md_cell(h) for h in table.headers) + " |")
+    lines.append("|" + "|".join("---" for _ in table.headers) + "|")
+    for row in table.rows:
+        lines.append("| " + " | ".join(_md_cell(c) for c in row) + " |")
+    if table.notes:
+        lines.append("")
+        lines += [f"- {note}" for note in table.notes]
+    return "\n".join(lines)
+
+
+def markdown(results: Mapping[str, Any], targets: Sequence[TargetResult]) -> str:
+    """The summary document: machine, settings, every table, targets."""
+    machine = results.get("machine") or {}
+    settings = results.get("settings") or {}
+    passed = sum(t.passed is True for t in targets)
+    failed = sum(t.passed is False for t in targets)
+    lines = [
+        f"# AgentMesh benchmarks{' (quick)' if settings.get('quick') else ''}",
+        "",
+        f"Run {results.get('started', '')}, {fmt(results.get('elapsed_s'), 0)} s; targets: {passed} pass, "
+        f"{failed} fail, {len(targets) - passed - failed} not measured.",
+        "",
+        "## Machine",
+        "",
+        "| | |",
+        "|---|---|",
+    ]
+    for key, value in machine.items():
+        lines.append(f"| {key} | {_md_cell(str(value))} |")
+    lines += ["", "## Results", ""]
+    for table in tables(results, targets):
+        lines += [markdown_table(table), ""]
+    if results.get("errors"):
+        lines += ["## Scenarios that failed", ""]
+        lines += [f"- {name}: {message}" for name, message in results["errors"].items()]
+        lines.append("")
+    return "\n".join(lines)

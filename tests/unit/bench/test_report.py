@@ -1,0 +1,131 @@
+"""Targets, tables and rendering from hand-made results."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from bench import report
+
+
+def run(p50: float, p99: float, *, rps: float = 1000.0, cpu_1k: float = math.nan, cores: float = 0.0) -> dict[str, Any]:
+    latency = {"count": 100, "p50_ms": p50, "p90_ms": (p50 + p99) / 2, "p99_ms": p99, "max_ms": p99, "mean_ms": p50}
+    return {
+        "load": {"achieved_rps": rps, "latency": latency, "errors": 0, "ok": 100},
+        "proxy_cpu_s_per_1k": cpu_1k,
+        "proxy_cores": cores,
+        "proxy_peak_rss_mb": {"p": 50.0} if cores else {},
+        "unserved_successes": 0,
+        "machine_busy_cores": 1.0,
+    }
+
+
+def results(*, sidecar_p50: float = 1.2, sidecar_p99: float = 3.0) -> dict[str, Any]:
+    paths = {
+        "direct": {"rates": {"1000": run(1.0, 2.0)}, "saturation": run(5, 9, rps=3000)},
+        "sidecar": {
+            "rates": {"1000": run(sidecar_p50, sidecar_p99, cpu_1k=0.8, cores=0.8)},
+            "saturation": run(50, 90, rps=1200, cores=1.0),
+        },
+        "envoy": {"rates": {"1000": run(1.2, 3.0, cpu_1k=0.2, cores=0.2)}},
+        "envoy2": {"rates": {"1000": run(1.5, 4.0, cpu_1k=0.4, cores=0.4)}},
+    }
+    return {
+        "machine": {"cpu_model": "Test CPU", "cores": 2},
+        "settings": {"quick": True},
+        "hop": {"tool": "h2load", "rates": [200.0, 1000.0], "paths": paths, "labels": {"direct": "client → backend"}},
+        "idle": {"window_s": 5, "processes": {"sidecar": {"rss_mb": 58.0, "cpu_cores": 0.001}}},
+        "streaming": {"open_streams": {"streams": 1000, "opened": 1000, "errors": 0, "rss_peak_mb": 150.0}},
+    }
+
+
+def by_name(targets: list[report.TargetResult]) -> dict[str, report.TargetResult]:
+    return {t.name: t for t in targets}
+
+
+def test_targets_pass_and_fail_on_ratios_and_limits():
+    targets = by_name(report.evaluate_targets(results()))
+    assert targets["sidecar hop at 1000 req/s: added p50"].verdict == "PASS"  # 0.2 vs 0.2
+    assert targets["sidecar hop at 1000 req/s: added p99"].verdict == "PASS"  # 1.0 vs 1.0 (limit 2x)
+    assert targets["sidecar req/s per core (saturation, all features)"].verdict == "FAIL"  # 1200 < 3000
+    assert targets["sidecar CPU per 1,000 requests at 1000 req/s"].verdict == "FAIL"
+    assert targets["idle sidecar RSS"].verdict == "PASS"
+    streams = [t for name, t in targets.items() if "open streams" in name]
+    assert [t.verdict for t in streams] == ["PASS", "PASS"]
+    assert all("full run: 10,000" in t.name for t in streams)
+
+
+def test_sidecar_slower_than_the_limits_fails():
+    targets = by_name(report.evaluate_targets(results(sidecar_p50=1.5, sidecar_p99=4.5)))
+    p50 = targets["sidecar hop at 1000 req/s: added p50"]
+    assert p50.verdict == "FAIL" and "2.50x" in p50.measured
+    assert targets["sidecar hop at 1000 req/s: added p99"].verdict == "FAIL"
+
+
+def test_proxyless_uses_the_xds_client_runs_when_there_are_some():
+    data = results()
+    data["hop"]["proxyless"] = {
+        "paths": {
+            "direct": {"rates": {"1000": run(2.0, 5.0)}},
+            "proxyless": {"rates": {"1000": run(2.5, 6.0)}},
+            "envoy2": {"rates": {"1000": run(3.0, 9.0)}},
+        }
+    }
+    targets = [t for t in report.evaluate_targets(data) if t.name.startswith("proxyless")]
+    assert len(targets) == 4
+    xds = [t for t in targets if "Python client" in t.name]
+    assert [t.verdict for t in xds] == ["PASS", "PASS"]
+
+
+def test_missing_measurements_are_not_applicable():
+    targets = report.evaluate_targets({})
+    assert targets and all(t.verdict == "n/a" for t in targets)
+    assert all(t.measured == "not measured" for t in targets)
+
+
+def test_stream_failures_count_streams_that_never_opened():
+    data = results()
+    data["streaming"]["open_streams"] = {"streams": 100, "opened": 90, "errors": 4, "rss_peak_mb": 10.0}
+    errors = next(t for t in report.evaluate_targets(data) if t.name.endswith("errors"))
+    assert errors.verdict == "FAIL" and errors.measured.startswith("10")
+
+
+def test_fmt():
+    assert report.fmt(None) == "—"
+    assert report.fmt(math.nan) == "—"
+    assert report.fmt(math.inf) == "∞"
+    assert report.fmt(12345.6) == "12,346"
+    assert report.fmt(1.23456) == "1.23"
+    assert report.fmt(1.23456, 3) == "1.235"
+    assert report.fmt(10000) == "10,000"
+    assert report.fmt(True) == "yes"
+
+
+def test_text_and_markdown_render_every_table():
+    data = results()
+    targets = report.evaluate_targets(data)
+    tables = report.tables(data, targets)
+    titles = [t.title for t in tables]
+    assert titles[0].startswith("1. Unary hop") and titles[-1] == "Targets"
+    rendered = report.text(tables[0])
+    assert "client → backend" in rendered and "+p50" in rendered
+    lines = rendered.splitlines()
+    assert len({len(line) for line in lines[2:4]}) >= 1  # header and rule are present
+    document = report.markdown(data, targets)
+    assert "| cpu_model | Test CPU |" in document
+    assert "### Targets" in document and "FAIL" in document and "PASS" in document
+
+
+def test_markdown_escapes_pipes_and_lists_failed_scenarios():
+    table = report.Table("T", ["a|b"], [["x|y"]], ["note"])
+    assert "a\\|b" in report.markdown_table(table) and "- note" in report.markdown_table(table)
+    document = report.markdown({"errors": {"streaming": "LoadError: boom"}}, [])
+    assert "streaming: LoadError: boom" in document
+
+
+def test_a_reference_below_zero_is_not_comparable():
+    data = results()
+    data["hop"]["paths"]["envoy"]["rates"]["1000"] = run(0.9, 1.5)  # faster than direct: noise
+    targets = by_name(report.evaluate_targets(data))
+    p50 = targets["sidecar hop at 1000 req/s: added p50"]
+    assert p50.verdict == "n/a" and "noisier" in p50.measured

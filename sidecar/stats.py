@@ -274,7 +274,7 @@ class SidecarStats:
     def retry(self, destination_agent: str, rpc_method: str, reason: str) -> None:
         """Counts one retried attempt.
 
-        `reason` is the retry_on name of the status ("unavailable") or "per_try_timeout".
+        `reason` is the retry_on name of the status ("unavailable").
         """
         self._retries.labels(
             self._guards["destination_agent"].admit(destination_agent)[0],

@@ -59,7 +59,15 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from control_plane.xds.ack_tracker import AckTracker
 from control_plane.xds.cache import SnapshotCache, Watch
-from control_plane.xds.snapshot import PUSH_ORDER, RESOURCE_TYPES, TYPE_LABELS, selection_digest, type_label
+from control_plane.xds.snapshot import (
+    CLUSTER_TYPE,
+    ENDPOINT_TYPE,
+    PUSH_ORDER,
+    RESOURCE_TYPES,
+    TYPE_LABELS,
+    selection_digest,
+    type_label,
+)
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +132,9 @@ class _TypeStream:
     version: str | None = None
     digest: str | None = None
     acked_version: str | None = None
+    # Set when clusters were re-sent: Envoy then asks for their assignments again and keeps the
+    # clusters warming until it gets an answer, changed or not (xDS "eventual consistency").
+    answer_next_request: bool = False
 
     def subscribe(self, resource_names: Iterable[str], *, first: bool) -> bool:
         """Applies a request's resource_names (xDS wildcard rules); True when the subscription changed."""
@@ -339,8 +350,10 @@ class _AdsStream:
                 self._on_nack(state, request)
             else:
                 self._on_ack(state, request)
-        if initial or changed:
-            return self._respond(state, force=initial)
+        if initial or changed or state.answer_next_request:
+            force = initial or state.answer_next_request
+            state.answer_next_request = False
+            return self._respond(state, force=force)
         return []
 
     def _on_unknown_type(self, request: Any) -> list[Any]:
@@ -422,6 +435,10 @@ class _AdsStream:
         response = self._service._response(state.type_url, version, (available[name] for name in names))
         state.nonce, state.version, state.digest = response.nonce, version, digest
         self._tracker.record_sent(self._node_id, state.type_url, version=version, nonce=response.nonce)
+        if state.type_url == CLUSTER_TYPE and (endpoints := self._types.get(ENDPOINT_TYPE)) is not None:
+            endpoints.answer_next_request = True
+        elif state.type_url == ENDPOINT_TYPE:
+            state.answer_next_request = False  # the assignments went out after the clusters
         log.debug(
             "xDS response sent",
             extra={

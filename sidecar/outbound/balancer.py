@@ -101,6 +101,14 @@ class EndpointState:
     ejection_backoff: int = 0
     times_ejected: int = 0
 
+    def forget_ejections(self) -> None:
+        """Back to a host never ejected (the cluster was rebuilt)."""
+        self.consecutive_errors = 0
+        self.ejected_until = None
+        self.returned_at = None
+        self.ejection_backoff = 0
+        self.times_ejected = 0
+
     def ejected(self, now: float) -> bool:
         return self.ejected_until is not None and now < self.ejected_until
 

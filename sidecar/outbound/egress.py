@@ -26,7 +26,7 @@ import grpc
 from agentmesh.telemetry.logs import log_access
 from sidecar.config.snapshot import MeshSnapshot, RetryPolicy
 from sidecar.contract import MethodContract
-from sidecar.errors import MeshError, NoRoute, UpstreamTimeout
+from sidecar.errors import MeshError, NoRoute, UpstreamTimeout, UpstreamUnavailable
 from sidecar.outbound.endpoints import Attempt, ClusterState, ClusterStates
 from sidecar.outbound.forward import Forwarder
 from sidecar.outbound.retry import backoff, retry_reason, should_retry
@@ -192,7 +192,8 @@ class Egress:
                 )
             except MeshError as exc:
                 self._finish(plan, exc.code)
-                if not await self._retry(plan, record, exc, per_try, deadline):
+                _raise_if_per_try_timeout(exc, per_try, attempt_timeout, plan)
+                if not await self._retry(plan, record, exc, deadline):
                     raise
                 continue
             except BaseException:
@@ -219,8 +220,9 @@ class Egress:
                         yield chunk
             except MeshError as exc:
                 self._finish(plan, exc.code)
+                _raise_if_per_try_timeout(exc, per_try, attempt_timeout, plan)
                 # Never retried once a message was passed on (Envoy: once the response started).
-                if started or not await self._retry(plan, record, exc, per_try, deadline):
+                if started or not await self._retry(plan, record, exc, deadline):
                     raise
                 continue
             except BaseException:
@@ -237,9 +239,7 @@ class Egress:
             plan.holding_retry = False
             plan.cluster.release_retry()
 
-    async def _retry(
-        self, plan: Plan, record: OutboundRecord, error: MeshError, per_try: bool, deadline: float | None
-    ) -> bool:
+    async def _retry(self, plan: Plan, record: OutboundRecord, error: MeshError, deadline: float | None) -> bool:
         """Decides on a retry, waits the back-off and moves the plan to a fresh endpoint."""
         policy, cluster = plan.retry, plan.cluster
         if policy is None or cluster is None:
@@ -253,8 +253,7 @@ class Egress:
             log.info("retry budget of %s exhausted; not retrying %s", cluster.name, plan.path)
             return False
         plan.holding_retry = True
-        reason = retry_reason(error.code, per_try_timeout=per_try and isinstance(error, UpstreamTimeout))
-        self._stats.retry(record.destination, plan.path, reason)
+        self._stats.retry(record.destination, plan.path, retry_reason(error.code))
         try:
             await asyncio.sleep(pause)
             plan.attempt, plan.target = await self._attempt(cluster)
@@ -263,6 +262,15 @@ class Egress:
             self._finish(plan, grpc.StatusCode.CANCELLED)
             raise
         return True
+
+
+def _raise_if_per_try_timeout(error: MeshError, per_try: bool, timeout: float | None, plan: Plan) -> None:
+    """Envoy's reading of a per-try timeout: the upstream did not answer in time (HTTP 504, UNAVAILABLE
+    to gRPC callers), which gRPC-status `retry_on` conditions never match, so it is not retried."""
+    if per_try and isinstance(error, UpstreamTimeout):
+        raise UpstreamUnavailable(
+            f"per-try timeout ({timeout:.3g}s) expired calling {plan.target.name} at {plan.target.address}"
+        ) from error
 
 
 def _trace_id(traceparent: str) -> str:

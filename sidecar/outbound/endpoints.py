@@ -125,12 +125,17 @@ class ClusterState:
             self.balancer = self._balancer(cluster.lb_policy)
         if cluster.circuit_breakers != self.config.circuit_breakers:
             self.retry_budget.configure(cluster.circuit_breakers)
+        # Envoy rebuilds a cluster on any change to it: its hosts lose their ejections.
+        # An EDS-only change keeps the hosts that remain as they are.
+        rebuilt = cluster != self.config
         self.config = cluster
         self.assignment = endpoints
         known = {e.address: e for e in self.endpoints}
         states = []
         for endpoint in endpoints.endpoints if endpoints is not None else ():
             state = known.pop(endpoint.address, None) or EndpointState(endpoint.address)
+            if rebuilt:
+                state.forget_ejections()
             state.healthy = endpoint.healthy
             state.weight = endpoint.weight
             state.zone = endpoint.zone

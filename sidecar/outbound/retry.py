@@ -10,12 +10,11 @@ caller gets the failure it already has. Before the retry it sleeps
 - never once the first response message of a stream was passed on (Envoy:
   never after the downstream response started);
 - skills not marked idempotent only when the policy allows it (the control
-  plane already leaves retries off their routes; this is the sidecar's own
-  guard, with the skill metadata from the contract);
-- a per-try timeout ends the attempt with DEADLINE_EXCEEDED and is retried
-  when `retry_on` has it. (Envoy retries a per-try timeout only for the HTTP
+  plane leaves retries off their routes; `should_retry` can also guard with
+  the skill metadata from the contract);
+- a per-try timeout is not retried: Envoy retries it only for the HTTP
   conditions `5xx`/`gateway-error`/`reset`, which a gRPC-flavoured policy
-  cannot name; the status the caller would see is the closest reading.)
+  cannot name, and answers UNAVAILABLE (the egress does the same).
 
 Back-off is Envoy's fully jittered exponential: a uniform wait in
 [0, min(base * 2^(n-1), max)) before retry n.
@@ -28,9 +27,6 @@ from collections.abc import Callable
 import grpc
 
 from sidecar.config.snapshot import CircuitBreakers, RetryPolicy
-
-# The `reason` label of agentmesh_retries_total for a retry after a per-try timeout.
-PER_TRY_TIMEOUT = "per_try_timeout"
 
 
 class RetryBudget:
@@ -117,6 +113,6 @@ def backoff(attempt: int, policy: RetryPolicy, rand: Callable[[], float]) -> flo
     return rand() * ceiling
 
 
-def retry_reason(code: grpc.StatusCode, *, per_try_timeout: bool = False) -> str:
-    """The `reason` label for agentmesh_retries_total: `per_try_timeout` or the status name (`unavailable`)."""
-    return PER_TRY_TIMEOUT if per_try_timeout else code.name.lower()
+def retry_reason(code: grpc.StatusCode) -> str:
+    """The `reason` label for agentmesh_retries_total: the retry_on name of the status (`unavailable`)."""
+    return code.name.lower()

@@ -482,12 +482,6 @@ def test_retry_on_unavailable(mesh: Differential, probes: dict[str, ProbeBackend
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="per-try timeout: Envoy does not retry it under gRPC retry_on codes (only 5xx, gateway-error, "
-    "reset) and answers UNAVAILABLE after 1 attempt; the sidecar retries it as deadline-exceeded and answers "
-    "DEADLINE_EXCEEDED after 3 (sidecar/outbound/egress.py Egress._retry, sidecar/outbound/retry.py)",
-)
 def test_per_try_timeout(mesh: Differential, probes: dict[str, ProbeBackend]) -> None:
     retries = {**RETRIES, "per_try_timeout": "200ms", "retry_on": ["unavailable", "deadline-exceeded"]}
     mesh.apply("per-try-timeout", traffic("probe", split=split(v2=100), retries=retries))
@@ -562,13 +556,6 @@ def verdict(outcome: str) -> str:
     return outcome.split(" (")[0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an ejection outlives a change of the cluster: Envoy rebuilds the cluster on any CDS change, so b "
-    "gets traffic again at once (and is ejected again if detection is still on); the sidecar keeps b ejected "
-    "until its ejection time runs out (sidecar/outbound/endpoints.py ClusterState.update keeps "
-    "EndpointState.ejected_until and the ejection backoff)",
-)
 def test_ejection_after_a_cluster_change(mesh: Differential, probes: dict[str, ProbeBackend]) -> None:
     b = probes["b"]
     mesh.apply("outlier-on", traffic("probe", split=split(v1=100), outlier_detection=OUTLIER))
@@ -655,13 +642,6 @@ def envoy_stat(mesh: Differential, suffix: str) -> int:
     return sum(int(line.rsplit(":", 1)[1]) for line in lines if line.split(":")[0].endswith(suffix))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Envoy keeps a changed EDS cluster warming until initial_fetch_timeout (15 s): it asks for the "
-    "cluster's ClusterLoadAssignment again, and the ADS server answers nothing because the assignment did "
-    "not change (control_plane/xds/ads_server.py _AdsStream._on_request answers only initial or changed "
-    "subscriptions); the CDS ACK, and the new cluster settings, come 15 s late",
-)
 def test_envoy_takes_a_cluster_change_without_waiting_for_endpoints(mesh: Differential) -> None:
     timeouts = envoy_stat(mesh, ".init_fetch_timeout")
     mesh.apply("lb-round-robin", traffic("probe", split=split(v1=100), load_balancing="round_robin"))

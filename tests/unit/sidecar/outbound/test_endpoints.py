@@ -135,7 +135,8 @@ def test_cancelled_attempts_say_nothing_about_the_endpoint() -> None:
     assert cluster.active_requests == 0
 
 
-def test_outlier_config_changes_keep_endpoint_history() -> None:
+def test_a_cluster_change_rebuilds_endpoint_outlier_history() -> None:
+    """As Envoy: any change to the Cluster rebuilds it, so earlier errors and ejections are forgotten."""
     first = OutlierDetection(consecutive_errors=3, max_ejection_percent=100)
     cluster = state(Cluster(NAME, outlier=first))
     endpoint = cluster.endpoints[0]
@@ -146,7 +147,11 @@ def test_outlier_config_changes_keep_endpoint_history() -> None:
         Cluster(NAME, outlier=OutlierDetection(consecutive_errors=3, max_ejection_percent=50)), cluster.assignment
     )
     assert cluster.outlier is not None and cluster.outlier.config.max_ejection_percent == 50
-    assert cluster.outlier.record(endpoint, False, 0.0) is True  # the two earlier errors still count
+    assert cluster.outlier.record(endpoint, False, 0.0) is False  # the two earlier errors no longer count
+    assert cluster.outlier.record(endpoint, False, 0.0) is False
+    assert cluster.outlier.record(endpoint, False, 0.0) is True
+    cluster.update(cluster.config, cluster.assignment)  # the same config: nothing is rebuilt
+    assert endpoint.ejected(1.0)
     cluster.update(Cluster(NAME), cluster.assignment)
     assert cluster.outlier is None
     assert cluster.sweep(0.0) is None

@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 from sidecar.config.snapshot import CircuitBreakers, RetryPolicy
-from sidecar.outbound.retry import PER_TRY_TIMEOUT, RetryBudget, backoff, retry_reason, should_retry
+from sidecar.outbound.retry import RetryBudget, backoff, retry_reason, should_retry
 
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 POLICY = RetryPolicy(
@@ -101,5 +101,4 @@ def test_budget_follows_cluster_updates() -> None:
 
 def test_retry_reason_labels() -> None:
     assert retry_reason(UNAVAILABLE) == "unavailable"
-    assert retry_reason(grpc.StatusCode.DEADLINE_EXCEEDED, per_try_timeout=True) == PER_TRY_TIMEOUT
     assert retry_reason(grpc.StatusCode.RESOURCE_EXHAUSTED) == "resource_exhausted"

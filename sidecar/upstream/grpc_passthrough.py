@@ -43,6 +43,9 @@ _CONNECTION_FAILURES = (
 _TOO_LARGE = "received message larger than max"
 
 
+RECONNECT_BACKOFF_MS = 1000
+
+
 class GrpcPassthroughAdapter:
     """UpstreamAdapter for agents that speak gRPC: validated bytes in, raw bytes out."""
 
@@ -55,6 +58,11 @@ class GrpcPassthroughAdapter:
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.primary_user_agent", "agentmesh-sidecar"),
+            # The agent is local: reconnect within a second of it coming back (grpc's default backoff
+            # grows to 120 s, so calls could keep failing while the health probe already says healthy).
+            ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS),
+            ("grpc.min_reconnect_backoff_ms", RECONNECT_BACKOFF_MS),
+            ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS),
         )
         self._channel: grpc.aio.Channel | None = None
         self._unary: dict[str, grpc.aio.UnaryUnaryMultiCallable] = {}

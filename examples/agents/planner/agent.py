@@ -220,6 +220,9 @@ class PlannerServer(ThreadingHTTPServer):
 class PlannerHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "planner/1"
+    # Headers and body go out as separate writes: without TCP_NODELAY each answer
+    # waits for the client's delayed ACK (about 40 ms on Linux).
+    disable_nagle_algorithm = True
 
     @property
     def agent(self) -> PlannerServer:

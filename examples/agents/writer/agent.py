@@ -186,6 +186,9 @@ class WriterServer(ThreadingHTTPServer):
 class WriterHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "writer/1"
+    # Headers and body go out as separate writes: without TCP_NODELAY each answer
+    # waits for the client's delayed ACK (about 40 ms on Linux).
+    disable_nagle_algorithm = True
 
     @property
     def agent(self) -> WriterServer:

@@ -23,6 +23,10 @@ from agentmesh.config.regex import Pattern
 
 LbPolicy = Literal["least_request", "round_robin", "peak_ewma"]
 
+# A header sent several times is kept as its values joined by this (it cannot occur in a
+# gRPC or HTTP header value); matchers, as Envoy's, match when any one value matches.
+REPEATED_VALUE_SEPARATOR = "\x00"
+
 
 @dataclass(frozen=True)
 class HeaderMatcher:
@@ -44,19 +48,22 @@ class HeaderMatcher:
         elif value is None:
             # Envoy: an absent header never matches a value matcher, inverted or not.
             return False
-        elif self.exact is not None:
-            result = value == self.exact
-        elif self.prefix is not None:
-            result = value.startswith(self.prefix)
-        elif self.suffix is not None:
-            result = value.endswith(self.suffix)
-        elif self.contains is not None:
-            result = self.contains in value
-        elif self.regex is not None:
-            result = self.regex.fullmatch(value) is not None
         else:
-            result = True
+            result = any(self._matches_value(v) for v in value.split(REPEATED_VALUE_SEPARATOR))
         return result != self.invert
+
+    def _matches_value(self, value: str) -> bool:
+        if self.exact is not None:
+            return value == self.exact
+        if self.prefix is not None:
+            return value.startswith(self.prefix)
+        if self.suffix is not None:
+            return value.endswith(self.suffix)
+        if self.contains is not None:
+            return self.contains in value
+        if self.regex is not None:
+            return self.regex.fullmatch(value) is not None
+        return True
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 
 from agentmesh.v1 import agent_pb2, agent_pb2_grpc
 from sidecar.config.bootstrap import Limits
+from sidecar.config.snapshot import REPEATED_VALUE_SEPARATOR
 from sidecar.contract import ContractSet, MethodContract
 from sidecar.errors import MeshError, UnknownMethod
 from sidecar.inbound.agent_service import AgentService
@@ -45,7 +46,17 @@ def channel_options(limits: Limits) -> list[tuple[str, Any]]:
 
 
 def metadata_of(context: grpc.aio.ServicerContext) -> dict[str, str]:
-    return {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+    """The call's text metadata by lower-case key; a key sent twice keeps all its values."""
+    return headers_of((k, v) for k, v in context.invocation_metadata() or () if isinstance(v, str))
+
+
+def headers_of(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Headers as matchers read them (REPEATED_VALUE_SEPARATOR joins the values of a repeated key)."""
+    headers: dict[str, str] = {}
+    for key, value in pairs:
+        key = key.lower()
+        headers[key] = f"{headers[key]}{REPEATED_VALUE_SEPARATOR}{value}" if key in headers else value
+    return headers
 
 
 class _TypedHandlers(grpc.GenericRpcHandler):

@@ -26,6 +26,7 @@ from google.protobuf.message import Message
 
 from sidecar.contract import MessageChecker, MethodContract
 from sidecar.errors import HTTP_STATUS, ContractViolation, MeshError, UnknownMethod
+from sidecar.inbound.server import headers_of
 from sidecar.outbound.egress import TARGET_HEADER, Egress, OutboundRecord, Plan
 from sidecar.stats import SidecarStats
 
@@ -73,7 +74,7 @@ class EgressHttpListener:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         path = f"/{request.match_info['service']}/{request.match_info['method']}"
-        metadata = {k.lower(): v for k, v in request.headers.items()}
+        metadata = headers_of(request.headers.items())
         if agent := request.match_info.get("agent"):
             metadata[TARGET_HEADER] = agent
         with self._egress.observed(path, metadata) as record:

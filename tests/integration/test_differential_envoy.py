@@ -393,12 +393,6 @@ def test_header_routes(mesh: Differential) -> None:
     assert outcomes[ENVOY]["no header"] == Counter(v1=5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a header sent twice: Envoy 1.40 matches when any of its values matches; the sidecar matches "
-    "only the last value (sidecar/inbound/server.py metadata_of keeps one value per key, "
-    "sidecar/config/snapshot.py HeaderMatcher.matches takes one)",
-)
 def test_header_sent_twice(mesh: Differential) -> None:
     mesh.apply("header-twice", traffic("researcher", split=split(v1=100), routes=HEADER_ROUTES[:1]))
     sent = {

@@ -43,6 +43,7 @@ typecheck: setup
 test: setup system-deps lint typecheck
 	$(BIN)/python -m agentmesh.codegen --check
 	$(BIN)/python -m dashboards.generate --check
+	$(BIN)/python -m agentmesh.cli.reference --check
 	$(BIN)/pytest
 
 clean:

@@ -5,7 +5,7 @@ The PromQL here is the dashboards' reading of the canonical metrics
 SLO recording rules in collectors/prometheus/rules/recording.yml), how an
 error ratio stays defined when nothing failed, how a latency quantile is taken
 from the histogram buckets. Panel constructors fix the look (units, legends,
-sizes) so the three dashboards read alike.
+sizes) so the dashboards read alike.
 """
 
 from __future__ import annotations

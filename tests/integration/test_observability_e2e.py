@@ -168,6 +168,8 @@ def variable_choices(prometheus: PrometheusServer, model: dict[str, Any]) -> lis
     """
     choices: list[dict[str, str]] = [dict(BUILTIN_VARIABLES)]
     for variable in model.get("templating", {}).get("list", []):
+        if variable.get("type") != "query":
+            continue  # custom variables (the Traces dashboard's status, duration) hold no PromQL
         match = _LABEL_VALUES.match(variable["query"])
         assert match, f"${variable['name']}: expected label_values(selector, label), got {variable['query']}"
         expanded = []

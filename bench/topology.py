@@ -33,7 +33,16 @@ from agentmesh.v1 import control_pb2, control_pb2_grpc
 from bench.backend import COUNTERS_PATH, PROTO, SERVICE
 from tests.integration.controlplane import TOKEN, ControlPlaneProcess
 from tests.integration.mesh import SidecarPorts, start_sidecar
-from tests.integration.procs import AGENTMESH, Process, free_port, grpc_serving, http_ok, start, wait_for
+from tests.integration.procs import (
+    AGENTMESH,
+    Process,
+    envoy_bootstrap,
+    free_port,
+    grpc_serving,
+    http_ok,
+    start,
+    wait_for,
+)
 
 CLIENT_AGENT = "bench-client"
 SOURCE_HEADER = "x-agentmesh-source-agent"
@@ -211,42 +220,6 @@ class Envoy:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/listeners?format=json", timeout=2) as response:
             statuses = json.loads(response.read()).get("listener_statuses", [])
         return sorted(status["name"] for status in statuses)
-
-
-def envoy_bootstrap(node_id: str, ads_port: int, admin_port: int) -> dict[str, Any]:
-    """Only the ADS server and the admin port: everything else comes over xDS (docs/gateway.md)."""
-    http2 = {
-        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-            "explicit_http_config": {"http2_protocol_options": {}},
-        }
-    }
-    xds_endpoint = {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": ads_port}}}}
-    return {
-        "node": {"id": node_id, "cluster": "gateway"},
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
-        "dynamic_resources": {
-            "ads_config": {
-                "api_type": "GRPC",
-                "transport_api_version": "V3",
-                "set_node_on_first_message_only": True,
-                "grpc_services": [{"envoy_grpc": {"cluster_name": "xds"}}],
-            },
-            "lds_config": {"ads": {}, "resource_api_version": "V3"},
-            "cds_config": {"ads": {}, "resource_api_version": "V3"},
-        },
-        "static_resources": {
-            "clusters": [
-                {
-                    "name": "xds",
-                    "type": "STATIC",
-                    "connect_timeout": "1s",
-                    "typed_extension_protocol_options": http2,
-                    "load_assignment": {"cluster_name": "xds", "endpoints": [{"lb_endpoints": [xds_endpoint]}]},
-                }
-            ]
-        },
-    }
 
 
 def start_envoy(work: Path, binary: Path, name: str, control_plane: BenchControlPlane) -> Envoy:

@@ -8,7 +8,8 @@ NoRoute / UpstreamTimeout.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Mapping
+import contextlib
+from collections.abc import AsyncGenerator, Iterator, Mapping
 
 import grpc
 from opentelemetry.context import Context
@@ -57,16 +58,13 @@ class Forwarder:
         inject(carrier, context)
         return (*carrier.items(), *self._identity)
 
-    async def unary(
-        self, target: Target, path: str, request: bytes, *, metadata: Mapping[str, str], timeout: float | None
-    ) -> bytes:
-        call = self._directory.channel(target.address).unary_unary(
-            path, request_serializer=None, response_deserializer=None
-        )
+    @contextlib.contextmanager
+    def _attempt(self, target: Target, path: str, metadata: Mapping[str, str]) -> Iterator[Context]:
+        """The attempt's CLIENT span around the call; gRPC failures become domain errors here."""
         span, context = self._tracer.start(path, metadata, destination=target.name)
         code, error = "OK", None
         try:
-            response: bytes = await call(request, metadata=self._outgoing(context), timeout=timeout)
+            yield context
         except grpc.aio.AioRpcError as exc:
             error = _translate(exc, target)
             code = error.code.name
@@ -76,6 +74,15 @@ class Forwarder:
             raise
         finally:
             end_span(span, code, error)
+
+    async def unary(
+        self, target: Target, path: str, request: bytes, *, metadata: Mapping[str, str], timeout: float | None
+    ) -> bytes:
+        call = self._directory.channel(target.address).unary_unary(
+            path, request_serializer=None, response_deserializer=None
+        )
+        with self._attempt(target, path, metadata) as context:
+            response: bytes = await call(request, metadata=self._outgoing(context), timeout=timeout)
         return response
 
     async def stream(
@@ -84,19 +91,10 @@ class Forwarder:
         call = self._directory.channel(target.address).unary_stream(
             path, request_serializer=None, response_deserializer=None
         )
-        span, context = self._tracer.start(path, metadata, destination=target.name)
-        responses = call(request, metadata=self._outgoing(context), timeout=timeout)
-        code, error = "OK", None
-        try:
-            async for chunk in responses:
-                yield chunk
-        except grpc.aio.AioRpcError as exc:
-            error = _translate(exc, target)
-            code = error.code.name
-            raise error from exc
-        except BaseException:
-            code = "CANCELLED"
-            raise
-        finally:
-            responses.cancel()
-            end_span(span, code, error)
+        with self._attempt(target, path, metadata) as context:
+            responses = call(request, metadata=self._outgoing(context), timeout=timeout)
+            try:
+                async for chunk in responses:
+                    yield chunk
+            finally:
+                responses.cancel()

@@ -16,6 +16,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -120,3 +121,39 @@ def envoy_binary() -> Path | None:
                 return path
     found = shutil.which("envoy") or shutil.which("envoy", path=str(Path(sys.executable).parent))
     return Path(found) if found else None
+
+
+def envoy_bootstrap(node_id: str, ads_port: int, admin_port: int = 0) -> dict[str, Any]:
+    """Only the ADS server and the admin port: everything else comes over xDS (docs/gateway.md)."""
+    http2 = {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}},
+        }
+    }
+    xds_endpoint = {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": ads_port}}}}
+    return {
+        "node": {"id": node_id, "cluster": "gateway"},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": "GRPC",
+                "transport_api_version": "V3",
+                "set_node_on_first_message_only": True,
+                "grpc_services": [{"envoy_grpc": {"cluster_name": "xds"}}],
+            },
+            "lds_config": {"ads": {}, "resource_api_version": "V3"},
+            "cds_config": {"ads": {}, "resource_api_version": "V3"},
+        },
+        "static_resources": {
+            "clusters": [
+                {
+                    "name": "xds",
+                    "type": "STATIC",
+                    "connect_timeout": "1s",
+                    "typed_extension_protocol_options": http2,
+                    "load_assignment": {"cluster_name": "xds", "endpoints": [{"lb_endpoints": [xds_endpoint]}]},
+                }
+            ]
+        },
+    }

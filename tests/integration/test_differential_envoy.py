@@ -42,9 +42,8 @@ from tests.integration.admin import Admin, node_id, policy_version
 from tests.integration.backends import ECHO, WRITE, ProbeBackend, probe_messages, probe_with_sidecar
 from tests.integration.controlplane import ControlPlaneProcess
 from tests.integration.mesh import AgentUnderTest, Messages, agent_with_sidecar
-from tests.integration.procs import Process, free_port, http_ok, wait_for
+from tests.integration.procs import Process, envoy_binary, free_port, http_ok, wait_for
 from tests.integration.test_envoy_gateway import NODE_ID, start_envoy
-from tests.integration.test_xds_interop import envoy_binary
 
 pytestmark = pytest.mark.timeout(240)
 

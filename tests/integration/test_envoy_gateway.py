@@ -27,9 +27,8 @@ import yaml
 
 from tests.integration.controlplane import ControlPlaneProcess
 from tests.integration.mesh import Messages, agent_with_sidecar
-from tests.integration.procs import Process, free_port, http_ok, start, wait_for
+from tests.integration.procs import Process, envoy_binary, envoy_bootstrap, free_port, http_ok, start, wait_for
 from tests.integration.test_mesh_control import healthy_versions
-from tests.integration.test_xds_interop import envoy_binary, envoy_bootstrap
 
 pytestmark = pytest.mark.timeout(180)
 

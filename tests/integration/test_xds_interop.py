@@ -37,7 +37,7 @@ from control_plane.xds.ads_server import AggregatedDiscoveryService
 from control_plane.xds.cache import SnapshotCache
 from control_plane.xds.server import serve_xds
 from control_plane.xds.snapshot import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, Snapshot
-from tests.integration.procs import envoy_binary
+from tests.integration.procs import envoy_binary, envoy_bootstrap
 from tests.unit.control_plane.xds.ads_client import ALL_TYPES, AdsClient, names
 from tests.unit.control_plane.xds.resources import (
     agent_snapshot,
@@ -297,42 +297,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def envoy_bootstrap(node_id: str, ads_port: int) -> dict[str, Any]:
-    """Only the ADS server: every listener, route, cluster and endpoint comes over xDS."""
-    http2 = {
-        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-            "explicit_http_config": {"http2_protocol_options": {}},
-        }
-    }
-    xds_endpoint = {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": ads_port}}}}
-    return {
-        "node": {"id": node_id, "cluster": "gateway"},
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
-        "dynamic_resources": {
-            "ads_config": {
-                "api_type": "GRPC",
-                "transport_api_version": "V3",
-                "set_node_on_first_message_only": True,
-                "grpc_services": [{"envoy_grpc": {"cluster_name": "xds"}}],
-            },
-            "lds_config": {"ads": {}, "resource_api_version": "V3"},
-            "cds_config": {"ads": {}, "resource_api_version": "V3"},
-        },
-        "static_resources": {
-            "clusters": [
-                {
-                    "name": "xds",
-                    "type": "STATIC",
-                    "connect_timeout": "1s",
-                    "typed_extension_protocol_options": http2,
-                    "load_assignment": {"cluster_name": "xds", "endpoints": [{"lb_endpoints": [xds_endpoint]}]},
-                }
-            ]
-        },
-    }
 
 
 def deny_method(path: str) -> hcm_pb2.HttpFilter:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import os
+import random
 import shutil
 import signal
 import socket
@@ -26,10 +27,23 @@ EXAMPLES = ROOT / "examples" / "agents"
 AGENTMESH = [sys.executable, "-m", "agentmesh.cli"]
 
 
+# Below Linux's ephemeral range (32768-60999): a port picked here is not also handed out to
+# some outgoing connection between the moment it is picked and the moment a process binds it.
+_PORTS = range(20000, 32000)
+_random = random.Random()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port nothing listens on now, outside the ephemeral range."""
+    for _ in range(200):
+        port = _random.choice(_PORTS)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise OSError("no free port found in 20000-31999")
 
 
 @dataclass

@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -37,7 +36,7 @@ from control_plane.xds.ads_server import AggregatedDiscoveryService
 from control_plane.xds.cache import SnapshotCache
 from control_plane.xds.server import serve_xds
 from control_plane.xds.snapshot import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE, Snapshot
-from tests.integration.procs import envoy_binary, envoy_bootstrap
+from tests.integration.procs import envoy_binary, envoy_bootstrap, free_port
 from tests.unit.control_plane.xds.ads_client import ALL_TYPES, AdsClient, names
 from tests.unit.control_plane.xds.resources import (
     agent_snapshot,
@@ -291,12 +290,6 @@ async def test_grpc_proxyless_client_follows_splits_health_and_survives_a_nack(
 
 
 # --- 2. Envoy ----------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def deny_method(path: str) -> hcm_pb2.HttpFilter:

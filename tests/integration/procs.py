@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import itertools
 import os
 import random
 import shutil
@@ -29,14 +30,15 @@ AGENTMESH = [sys.executable, "-m", "agentmesh.cli"]
 
 # Below Linux's ephemeral range (32768-60999): a port picked here is not also handed out to
 # some outgoing connection between the moment it is picked and the moment a process binds it.
+# Ports are handed out in turn from a random start, so one test run never picks a port twice.
 _PORTS = range(20000, 32000)
-_random = random.Random()
+_next_port = itertools.count(random.randrange(len(_PORTS)))
 
 
 def free_port() -> int:
-    """A loopback port nothing listens on now, outside the ephemeral range."""
-    for _ in range(200):
-        port = _random.choice(_PORTS)
+    """A loopback port nothing listens on now, outside the ephemeral range, not handed out before."""
+    for _ in range(len(_PORTS)):
+        port = _PORTS[next(_next_port) % len(_PORTS)]
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))

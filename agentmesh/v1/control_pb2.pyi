@@ -1,6 +1,7 @@
 import datetime
 
 from agentmesh.v1 import manifest_pb2 as _manifest_pb2
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -273,3 +274,183 @@ class CheckResponse(_message.Message):
     FINDINGS_FIELD_NUMBER: _ClassVar[int]
     findings: _containers.RepeatedCompositeFieldContainer[Finding]
     def __init__(self, findings: _Optional[_Iterable[_Union[Finding, _Mapping]]] = ...) -> None: ...
+
+class EnrollRequest(_message.Message):
+    __slots__ = ("join_token", "csr_pem")
+    JOIN_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    CSR_PEM_FIELD_NUMBER: _ClassVar[int]
+    join_token: str
+    csr_pem: bytes
+    def __init__(self, join_token: _Optional[str] = ..., csr_pem: _Optional[bytes] = ...) -> None: ...
+
+class RenewRequest(_message.Message):
+    __slots__ = ("csr_pem", "certificate_chain_pem", "csr_signature")
+    CSR_PEM_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_CHAIN_PEM_FIELD_NUMBER: _ClassVar[int]
+    CSR_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    csr_pem: bytes
+    certificate_chain_pem: bytes
+    csr_signature: bytes
+    def __init__(self, csr_pem: _Optional[bytes] = ..., certificate_chain_pem: _Optional[bytes] = ..., csr_signature: _Optional[bytes] = ...) -> None: ...
+
+class IdentityCertificate(_message.Message):
+    __slots__ = ("spiffe_id", "certificate_chain_pem", "trust_bundle_pem", "not_before", "not_after")
+    SPIFFE_ID_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_CHAIN_PEM_FIELD_NUMBER: _ClassVar[int]
+    TRUST_BUNDLE_PEM_FIELD_NUMBER: _ClassVar[int]
+    NOT_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    NOT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    spiffe_id: str
+    certificate_chain_pem: bytes
+    trust_bundle_pem: bytes
+    not_before: _timestamp_pb2.Timestamp
+    not_after: _timestamp_pb2.Timestamp
+    def __init__(self, spiffe_id: _Optional[str] = ..., certificate_chain_pem: _Optional[bytes] = ..., trust_bundle_pem: _Optional[bytes] = ..., not_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., not_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class GetTrustBundleRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class TrustBundle(_message.Message):
+    __slots__ = ("trust_domain", "trust_bundle_pem")
+    TRUST_DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    TRUST_BUNDLE_PEM_FIELD_NUMBER: _ClassVar[int]
+    trust_domain: str
+    trust_bundle_pem: bytes
+    def __init__(self, trust_domain: _Optional[str] = ..., trust_bundle_pem: _Optional[bytes] = ...) -> None: ...
+
+class CreateJoinTokenRequest(_message.Message):
+    __slots__ = ("agent", "team", "ttl", "max_uses", "description")
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    TEAM_FIELD_NUMBER: _ClassVar[int]
+    TTL_FIELD_NUMBER: _ClassVar[int]
+    MAX_USES_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    agent: str
+    team: str
+    ttl: _duration_pb2.Duration
+    max_uses: int
+    description: str
+    def __init__(self, agent: _Optional[str] = ..., team: _Optional[str] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_uses: _Optional[int] = ..., description: _Optional[str] = ...) -> None: ...
+
+class JoinToken(_message.Message):
+    __slots__ = ("id", "agent", "team", "spiffe_id", "created", "expires", "max_uses", "uses", "revoked", "created_by", "description", "secret")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    TEAM_FIELD_NUMBER: _ClassVar[int]
+    SPIFFE_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_FIELD_NUMBER: _ClassVar[int]
+    MAX_USES_FIELD_NUMBER: _ClassVar[int]
+    USES_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BY_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    SECRET_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    agent: str
+    team: str
+    spiffe_id: str
+    created: _timestamp_pb2.Timestamp
+    expires: _timestamp_pb2.Timestamp
+    max_uses: int
+    uses: int
+    revoked: bool
+    created_by: str
+    description: str
+    secret: str
+    def __init__(self, id: _Optional[str] = ..., agent: _Optional[str] = ..., team: _Optional[str] = ..., spiffe_id: _Optional[str] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., max_uses: _Optional[int] = ..., uses: _Optional[int] = ..., revoked: _Optional[bool] = ..., created_by: _Optional[str] = ..., description: _Optional[str] = ..., secret: _Optional[str] = ...) -> None: ...
+
+class ListJoinTokensRequest(_message.Message):
+    __slots__ = ("all",)
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    all: bool
+    def __init__(self, all: _Optional[bool] = ...) -> None: ...
+
+class ListJoinTokensResponse(_message.Message):
+    __slots__ = ("tokens",)
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    tokens: _containers.RepeatedCompositeFieldContainer[JoinToken]
+    def __init__(self, tokens: _Optional[_Iterable[_Union[JoinToken, _Mapping]]] = ...) -> None: ...
+
+class RevokeJoinTokenRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class CreateCredentialRequest(_message.Message):
+    __slots__ = ("name", "role", "teams", "ttl")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    TEAMS_FIELD_NUMBER: _ClassVar[int]
+    TTL_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    role: str
+    teams: _containers.RepeatedScalarFieldContainer[str]
+    ttl: _duration_pb2.Duration
+    def __init__(self, name: _Optional[str] = ..., role: _Optional[str] = ..., teams: _Optional[_Iterable[str]] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class Credential(_message.Message):
+    __slots__ = ("id", "name", "role", "teams", "created", "expires", "revoked", "created_by", "secret")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    TEAMS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BY_FIELD_NUMBER: _ClassVar[int]
+    SECRET_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    role: str
+    teams: _containers.RepeatedScalarFieldContainer[str]
+    created: _timestamp_pb2.Timestamp
+    expires: _timestamp_pb2.Timestamp
+    revoked: bool
+    created_by: str
+    secret: str
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., role: _Optional[str] = ..., teams: _Optional[_Iterable[str]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoked: _Optional[bool] = ..., created_by: _Optional[str] = ..., secret: _Optional[str] = ...) -> None: ...
+
+class ListCredentialsRequest(_message.Message):
+    __slots__ = ("all",)
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    all: bool
+    def __init__(self, all: _Optional[bool] = ...) -> None: ...
+
+class ListCredentialsResponse(_message.Message):
+    __slots__ = ("credentials",)
+    CREDENTIALS_FIELD_NUMBER: _ClassVar[int]
+    credentials: _containers.RepeatedCompositeFieldContainer[Credential]
+    def __init__(self, credentials: _Optional[_Iterable[_Union[Credential, _Mapping]]] = ...) -> None: ...
+
+class RevokeCredentialRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class WhoAmIRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetCertificateAuthorityRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CertificateAuthority(_message.Message):
+    __slots__ = ("trust_domain", "trust_bundle_pem", "issuer_pem", "issuer_not_after", "workload_ttl", "issued")
+    TRUST_DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    TRUST_BUNDLE_PEM_FIELD_NUMBER: _ClassVar[int]
+    ISSUER_PEM_FIELD_NUMBER: _ClassVar[int]
+    ISSUER_NOT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    WORKLOAD_TTL_FIELD_NUMBER: _ClassVar[int]
+    ISSUED_FIELD_NUMBER: _ClassVar[int]
+    trust_domain: str
+    trust_bundle_pem: bytes
+    issuer_pem: bytes
+    issuer_not_after: _timestamp_pb2.Timestamp
+    workload_ttl: _duration_pb2.Duration
+    issued: int
+    def __init__(self, trust_domain: _Optional[str] = ..., trust_bundle_pem: _Optional[bytes] = ..., issuer_pem: _Optional[bytes] = ..., issuer_not_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., workload_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., issued: _Optional[int] = ...) -> None: ...

@@ -152,6 +152,46 @@ class ControlPlaneStub:
                 request_serializer=agentmesh_dot_v1_dot_control__pb2.CheckRequest.SerializeToString,
                 response_deserializer=agentmesh_dot_v1_dot_control__pb2.CheckResponse.FromString,
                 _registered_method=True)
+        self.CreateJoinToken = channel.unary_unary(
+                '/agentmesh.v1.ControlPlane/CreateJoinToken',
+                request_serializer=agentmesh_dot_v1_dot_control__pb2.CreateJoinTokenRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_v1_dot_control__pb2.JoinToken.FromString,
+                _registered_method=True)
+        self.ListJoinTokens = channel.unary_unary(
+                '/agentmesh.v1.ControlPlane/ListJoinTokens',
+                request_serializer=agentmesh_dot_v1_dot_control__pb2.ListJoinTokensRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_v1_dot_control__pb2.ListJoinTokensResponse.FromString,
+                _registered_method=True)
+        self.RevokeJoinToken = channel.unary_unary(
+                '/agentmesh.v1.ControlPlane/RevokeJoinToken',
+                request_serializer=agentmesh_dot_v1_dot_control__pb2.RevokeJoinTokenRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_v1_dot_control__pb2.JoinToken.FromString,
+                _registered_method=True)
+        self.CreateCredential = channel.unary_unary(
+                '/agentmesh.v1.ControlPlane/CreateCredential',
+                request_serializer=agentmesh_dot_v1_dot_control__pb2.CreateCredentialRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_v1_dot_control__pb2.Credential.FromString,
+                _registered_method=True)
+        self.ListCredentials = channel.unary_unary(
+                '/agentmesh.v1.ControlPlane/ListCredentials',
+                request_serializer=agentmesh_dot_v1_dot_control__pb2.ListCredentialsRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_v1_dot_control__pb2.ListCredentialsResponse.FromString,
+                _registered_method=True)
+        self.RevokeCredential = channel.unary_unary(
+                '/agentmesh.v1.ControlPlane/RevokeCredential',
+                request_serializer=agentmesh_dot_v1_dot_control__pb2.RevokeCredentialRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_v1_dot_control__pb2.Credential.FromString,
+                _registered_method=True)
+        self.WhoAmI = channel.unary_unary(
+                '/agentmesh.v1.ControlPlane/WhoAmI',
+                request_serializer=agentmesh_dot_v1_dot_control__pb2.WhoAmIRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_v1_dot_control__pb2.Credential.FromString,
+                _registered_method=True)
+        self.GetCertificateAuthority = channel.unary_unary(
+                '/agentmesh.v1.ControlPlane/GetCertificateAuthority',
+                request_serializer=agentmesh_dot_v1_dot_control__pb2.GetCertificateAuthorityRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_v1_dot_control__pb2.CertificateAuthority.FromString,
+                _registered_method=True)
 
 
 class ControlPlaneServicer:
@@ -207,6 +247,57 @@ class ControlPlaneServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateJoinToken(self, request, context):
+        """Join tokens (role admin): one authorises a sidecar to enroll as one agent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListJoinTokens(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeJoinToken(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateCredential(self, request, context):
+        """Admin API credentials (role admin); WhoAmI is open to every role.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCredentials(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeCredential(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WhoAmI(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCertificateAuthority(self, request, context):
+        """The certificate authority: trust domain, roots, issued certificates (role viewer).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlPlaneServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -249,6 +340,46 @@ def add_ControlPlaneServicer_to_server(servicer, server):
                     servicer.Check,
                     request_deserializer=agentmesh_dot_v1_dot_control__pb2.CheckRequest.FromString,
                     response_serializer=agentmesh_dot_v1_dot_control__pb2.CheckResponse.SerializeToString,
+            ),
+            'CreateJoinToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateJoinToken,
+                    request_deserializer=agentmesh_dot_v1_dot_control__pb2.CreateJoinTokenRequest.FromString,
+                    response_serializer=agentmesh_dot_v1_dot_control__pb2.JoinToken.SerializeToString,
+            ),
+            'ListJoinTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJoinTokens,
+                    request_deserializer=agentmesh_dot_v1_dot_control__pb2.ListJoinTokensRequest.FromString,
+                    response_serializer=agentmesh_dot_v1_dot_control__pb2.ListJoinTokensResponse.SerializeToString,
+            ),
+            'RevokeJoinToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeJoinToken,
+                    request_deserializer=agentmesh_dot_v1_dot_control__pb2.RevokeJoinTokenRequest.FromString,
+                    response_serializer=agentmesh_dot_v1_dot_control__pb2.JoinToken.SerializeToString,
+            ),
+            'CreateCredential': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateCredential,
+                    request_deserializer=agentmesh_dot_v1_dot_control__pb2.CreateCredentialRequest.FromString,
+                    response_serializer=agentmesh_dot_v1_dot_control__pb2.Credential.SerializeToString,
+            ),
+            'ListCredentials': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCredentials,
+                    request_deserializer=agentmesh_dot_v1_dot_control__pb2.ListCredentialsRequest.FromString,
+                    response_serializer=agentmesh_dot_v1_dot_control__pb2.ListCredentialsResponse.SerializeToString,
+            ),
+            'RevokeCredential': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeCredential,
+                    request_deserializer=agentmesh_dot_v1_dot_control__pb2.RevokeCredentialRequest.FromString,
+                    response_serializer=agentmesh_dot_v1_dot_control__pb2.Credential.SerializeToString,
+            ),
+            'WhoAmI': grpc.unary_unary_rpc_method_handler(
+                    servicer.WhoAmI,
+                    request_deserializer=agentmesh_dot_v1_dot_control__pb2.WhoAmIRequest.FromString,
+                    response_serializer=agentmesh_dot_v1_dot_control__pb2.Credential.SerializeToString,
+            ),
+            'GetCertificateAuthority': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCertificateAuthority,
+                    request_deserializer=agentmesh_dot_v1_dot_control__pb2.GetCertificateAuthorityRequest.FromString,
+                    response_serializer=agentmesh_dot_v1_dot_control__pb2.CertificateAuthority.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -468,6 +599,397 @@ class ControlPlane:
             '/agentmesh.v1.ControlPlane/Check',
             agentmesh_dot_v1_dot_control__pb2.CheckRequest.SerializeToString,
             agentmesh_dot_v1_dot_control__pb2.CheckResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateJoinToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.v1.ControlPlane/CreateJoinToken',
+            agentmesh_dot_v1_dot_control__pb2.CreateJoinTokenRequest.SerializeToString,
+            agentmesh_dot_v1_dot_control__pb2.JoinToken.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJoinTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.v1.ControlPlane/ListJoinTokens',
+            agentmesh_dot_v1_dot_control__pb2.ListJoinTokensRequest.SerializeToString,
+            agentmesh_dot_v1_dot_control__pb2.ListJoinTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeJoinToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.v1.ControlPlane/RevokeJoinToken',
+            agentmesh_dot_v1_dot_control__pb2.RevokeJoinTokenRequest.SerializeToString,
+            agentmesh_dot_v1_dot_control__pb2.JoinToken.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateCredential(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.v1.ControlPlane/CreateCredential',
+            agentmesh_dot_v1_dot_control__pb2.CreateCredentialRequest.SerializeToString,
+            agentmesh_dot_v1_dot_control__pb2.Credential.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCredentials(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.v1.ControlPlane/ListCredentials',
+            agentmesh_dot_v1_dot_control__pb2.ListCredentialsRequest.SerializeToString,
+            agentmesh_dot_v1_dot_control__pb2.ListCredentialsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeCredential(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.v1.ControlPlane/RevokeCredential',
+            agentmesh_dot_v1_dot_control__pb2.RevokeCredentialRequest.SerializeToString,
+            agentmesh_dot_v1_dot_control__pb2.Credential.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WhoAmI(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.v1.ControlPlane/WhoAmI',
+            agentmesh_dot_v1_dot_control__pb2.WhoAmIRequest.SerializeToString,
+            agentmesh_dot_v1_dot_control__pb2.Credential.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCertificateAuthority(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.v1.ControlPlane/GetCertificateAuthority',
+            agentmesh_dot_v1_dot_control__pb2.GetCertificateAuthorityRequest.SerializeToString,
+            agentmesh_dot_v1_dot_control__pb2.CertificateAuthority.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class IdentityStub:
+    """--- workload identity ---------------------------------------------------------------------------
+
+    Issues X.509 SVIDs (URI SAN spiffe://<trust-domain>/team/<team>/agent/<name>)
+    for keys generated by the caller; private keys never travel.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Enroll = channel.unary_unary(
+                '/agentmesh.v1.Identity/Enroll',
+                request_serializer=agentmesh_dot_v1_dot_control__pb2.EnrollRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_v1_dot_control__pb2.IdentityCertificate.FromString,
+                _registered_method=True)
+        self.Renew = channel.unary_unary(
+                '/agentmesh.v1.Identity/Renew',
+                request_serializer=agentmesh_dot_v1_dot_control__pb2.RenewRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_v1_dot_control__pb2.IdentityCertificate.FromString,
+                _registered_method=True)
+        self.GetTrustBundle = channel.unary_unary(
+                '/agentmesh.v1.Identity/GetTrustBundle',
+                request_serializer=agentmesh_dot_v1_dot_control__pb2.GetTrustBundleRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_v1_dot_control__pb2.TrustBundle.FromString,
+                _registered_method=True)
+
+
+class IdentityServicer:
+    """--- workload identity ---------------------------------------------------------------------------
+
+    Issues X.509 SVIDs (URI SAN spiffe://<trust-domain>/team/<team>/agent/<name>)
+    for keys generated by the caller; private keys never travel.
+    """
+
+    def Enroll(self, request, context):
+        """The first certificate, authorised by a join token (expiring, limited uses).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Renew(self, request, context):
+        """The next certificate before the current one expires, authorised by the
+        current (unexpired) certificate: `csr_signature` is the current key's
+        signature over the DER of the new CSR, proving possession.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTrustBundle(self, request, context):
+        """The CA certificates peers are verified with.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_IdentityServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Enroll': grpc.unary_unary_rpc_method_handler(
+                    servicer.Enroll,
+                    request_deserializer=agentmesh_dot_v1_dot_control__pb2.EnrollRequest.FromString,
+                    response_serializer=agentmesh_dot_v1_dot_control__pb2.IdentityCertificate.SerializeToString,
+            ),
+            'Renew': grpc.unary_unary_rpc_method_handler(
+                    servicer.Renew,
+                    request_deserializer=agentmesh_dot_v1_dot_control__pb2.RenewRequest.FromString,
+                    response_serializer=agentmesh_dot_v1_dot_control__pb2.IdentityCertificate.SerializeToString,
+            ),
+            'GetTrustBundle': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTrustBundle,
+                    request_deserializer=agentmesh_dot_v1_dot_control__pb2.GetTrustBundleRequest.FromString,
+                    response_serializer=agentmesh_dot_v1_dot_control__pb2.TrustBundle.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'agentmesh.v1.Identity', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('agentmesh.v1.Identity', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Identity:
+    """--- workload identity ---------------------------------------------------------------------------
+
+    Issues X.509 SVIDs (URI SAN spiffe://<trust-domain>/team/<team>/agent/<name>)
+    for keys generated by the caller; private keys never travel.
+    """
+
+    @staticmethod
+    def Enroll(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.v1.Identity/Enroll',
+            agentmesh_dot_v1_dot_control__pb2.EnrollRequest.SerializeToString,
+            agentmesh_dot_v1_dot_control__pb2.IdentityCertificate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Renew(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.v1.Identity/Renew',
+            agentmesh_dot_v1_dot_control__pb2.RenewRequest.SerializeToString,
+            agentmesh_dot_v1_dot_control__pb2.IdentityCertificate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTrustBundle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.v1.Identity/GetTrustBundle',
+            agentmesh_dot_v1_dot_control__pb2.GetTrustBundleRequest.SerializeToString,
+            agentmesh_dot_v1_dot_control__pb2.TrustBundle.FromString,
             options,
             channel_credentials,
             insecure,

@@ -12,20 +12,24 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class InstanceReport(_message.Message):
-    __slots__ = ("manifest", "address", "healthy", "instance_id", "zone", "admin_address")
+    __slots__ = ("manifest", "address", "healthy", "instance_id", "zone", "admin_address", "mtls", "spiffe_id")
     MANIFEST_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     HEALTHY_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     ZONE_FIELD_NUMBER: _ClassVar[int]
     ADMIN_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    MTLS_FIELD_NUMBER: _ClassVar[int]
+    SPIFFE_ID_FIELD_NUMBER: _ClassVar[int]
     manifest: _manifest_pb2.Manifest
     address: str
     healthy: bool
     instance_id: str
     zone: str
     admin_address: str
-    def __init__(self, manifest: _Optional[_Union[_manifest_pb2.Manifest, _Mapping]] = ..., address: _Optional[str] = ..., healthy: _Optional[bool] = ..., instance_id: _Optional[str] = ..., zone: _Optional[str] = ..., admin_address: _Optional[str] = ...) -> None: ...
+    mtls: bool
+    spiffe_id: str
+    def __init__(self, manifest: _Optional[_Union[_manifest_pb2.Manifest, _Mapping]] = ..., address: _Optional[str] = ..., healthy: _Optional[bool] = ..., instance_id: _Optional[str] = ..., zone: _Optional[str] = ..., admin_address: _Optional[str] = ..., mtls: _Optional[bool] = ..., spiffe_id: _Optional[str] = ...) -> None: ...
 
 class RegistrationStatus(_message.Message):
     __slots__ = ("instance_id", "heartbeat_interval_ms")

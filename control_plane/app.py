@@ -14,6 +14,7 @@ import contextlib
 import logging
 import signal
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import grpc
@@ -22,11 +23,18 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
+from agentmesh.identity.spiffe import DEFAULT_TRUST_DOMAIN
 from agentmesh.v1 import control_pb2, control_pb2_grpc
+from control_plane.access.credentials import CredentialStore
 from control_plane.api.admin import AdminService
-from control_plane.api.auth import TokenAuthInterceptor
+from control_plane.api.auth import AdminRefusals, TokenAuthInterceptor
+from control_plane.api.identity import IdentityService
 from control_plane.api.registration import RegistrationService
+from control_plane.api.tokens import JoinTokenAdmin
 from control_plane.http import ControlPlaneHttp
+from control_plane.identity.ca import DEFAULT_WORKLOAD_TTL, CertificateAuthority
+from control_plane.identity.join_tokens import JoinTokenStore
+from control_plane.identity.ledger import IssuanceLedger
 from control_plane.policy.store import PolicyStore
 from control_plane.publisher import SnapshotPublisher
 from control_plane.registry import Registry
@@ -56,6 +64,28 @@ class ControlPlaneSettings:
     heartbeat_interval: float = DEFAULT_HEARTBEAT
     # The port of the listener Envoy gateways (node ids `gateway~<name>`) are given.
     gateway_port: int = DEFAULT_GATEWAY_PORT
+    # The gateway listener requires client certificates of the trust domain (docs/gateway.md).
+    gateway_mtls: bool = False
+    # Workload identity (docs/identity.md): the CA's trust domain, its directory (default: `<db>.ca` beside the
+    # database), an optional user root it makes its intermediate under, and the workload certificates' lifetime.
+    trust_domain: str = DEFAULT_TRUST_DOMAIN
+    ca_dir: str = ""
+    ca_cert: str = ""
+    ca_key: str = ""
+    workload_cert_ttl: float = DEFAULT_WORKLOAD_TTL.total_seconds()
+
+    def certificate_authority(self) -> CertificateAuthority:
+        """Opens (or makes) the CA these settings describe; raises ValueError (CaError) naming the problem."""
+        ttl = timedelta(seconds=self.workload_cert_ttl)
+        if self.db == ":memory:" and not self.ca_dir and not self.ca_cert:
+            return CertificateAuthority.in_memory(trust_domain=self.trust_domain, workload_ttl=ttl)
+        return CertificateAuthority.open(
+            self.ca_dir or f"{self.db}.ca",
+            trust_domain=self.trust_domain,
+            workload_ttl=ttl,
+            root_cert_file=self.ca_cert or None,
+            root_key_file=self.ca_key or None,
+        )
 
 
 @dataclass(frozen=True)
@@ -72,7 +102,9 @@ class ControlPlane:
         if settings.db != ":memory:":
             Path(settings.db).parent.mkdir(parents=True, exist_ok=True)
         self.metrics = CollectorRegistry()
+        self.ca = settings.certificate_authority()
         self.store = PolicyStore(settings.db)
+        self.credentials = CredentialStore(settings.db)
         self.registry = Registry(ttl=settings.registry_ttl)
         self.journal = RegistryJournal(settings.db)
         restored = self.journal.restore(self.registry)
@@ -81,6 +113,8 @@ class ControlPlane:
                 "restored %d registered instances; each must re-register within %.0fs", restored, settings.registry_ttl
             )
         self._stop_journal = self.registry.subscribe(lambda _change: self.journal.save(self.registry.instances()))
+        self.join_tokens = JoinTokenStore(settings.db)
+        self.issuance = IssuanceLedger(settings.db)
         self.cache = SnapshotCache()
         self.tracker = AckTracker()
         self.ads = AggregatedDiscoveryService(self.cache, self.tracker, registry=self.metrics)
@@ -90,9 +124,13 @@ class ControlPlane:
             cache=self.cache,
             metrics=self.metrics,
             gateway_port=settings.gateway_port,
+            trust_domain=settings.trust_domain,
+            gateway_mtls=settings.gateway_mtls,
         )
         self._health = health_aio.HealthServicer()
-        self._server = grpc.aio.server(interceptors=(TokenAuthInterceptor(settings.token),), options=_GRPC_OPTIONS)
+        refusals = AdminRefusals(self.metrics)
+        authentication = TokenAuthInterceptor(settings.token, credentials=self.credentials, refusals=refusals)
+        self._server = grpc.aio.server(interceptors=(authentication,), options=_GRPC_OPTIONS)
         self.ads.add_to_server(self._server)
         control_pb2_grpc.add_RegistrationServicer_to_server(
             RegistrationService(self.registry, heartbeat_interval=settings.heartbeat_interval), self._server
@@ -105,7 +143,16 @@ class ControlPlane:
                 ads=self.ads,
                 snapshot_version=lambda: self.publisher.version,
                 on_policy_change=self.publisher.mark_dirty,
+                credentials=self.credentials,
+                refusals=refusals,
+                join_tokens=JoinTokenAdmin(
+                    tokens=self.join_tokens, ca=self.ca, ledger=self.issuance, registry=self.registry
+                ),
             ),
+            self._server,
+        )
+        control_pb2_grpc.add_IdentityServicer_to_server(
+            IdentityService(ca=self.ca, tokens=self.join_tokens, ledger=self.issuance, registry=self.metrics),
             self._server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
@@ -113,6 +160,7 @@ class ControlPlane:
             "envoy.service.discovery.v3.AggregatedDiscoveryService",
             control_pb2.DESCRIPTOR.services_by_name["Registration"].full_name,
             control_pb2.DESCRIPTOR.services_by_name["ControlPlane"].full_name,
+            control_pb2.DESCRIPTOR.services_by_name["Identity"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ]
@@ -161,6 +209,9 @@ class ControlPlane:
         with contextlib.suppress(Exception):
             self.store.close()
             self.journal.close()
+            self.credentials.close()
+            self.join_tokens.close()
+            self.issuance.close()
         log.info("control plane stopped")
 
 

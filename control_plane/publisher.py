@@ -2,7 +2,9 @@
 
 Two snapshots per change, with one version: the mesh's (the cache default:
 sidecars, proxyless clients) and the gateway's (the group of node ids starting
-with `gateway~`: Envoy at the edge, control_plane.translate.gateway).
+with `gateway~`: Envoy at the edge, control_plane.translate.gateway). The
+trust domain names the SPIFFE IDs clusters reached over mTLS expect; with
+`gateway_mtls` the gateway's listener requires client certificates.
 
 Changes are coalesced: a burst of registrations or a policy apply becomes one
 translation. Translation is pure (control_plane.translate); the snapshot is
@@ -19,6 +21,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from agentmesh.identity.spiffe import DEFAULT_TRUST_DOMAIN
 from control_plane.policy.store import PolicySet
 from control_plane.registry import Registry
 from control_plane.registry.view import mesh_view
@@ -43,12 +46,16 @@ class SnapshotPublisher:
         metrics: CollectorRegistry,
         coalesce: float = DEFAULT_COALESCE,
         gateway_port: int = DEFAULT_GATEWAY_PORT,
+        trust_domain: str = DEFAULT_TRUST_DOMAIN,
+        gateway_mtls: bool = False,
     ) -> None:
         self._policies = policies
         self._registry = registry
         self._cache = cache
         self._coalesce = coalesce
         self._gateway_port = gateway_port
+        self._trust_domain = trust_domain
+        self._gateway_mtls = gateway_mtls
         self._dirty = asyncio.Event()
         self._generation = 0
         self.version = ""
@@ -74,8 +81,15 @@ class SnapshotPublisher:
         try:
             policy_set = self._policies()
             mesh = mesh_view(self._registry)
-            resources = translate(policy_set.policies, mesh)
-            gateway = translate_gateway(policy_set.policies, mesh, port=self._gateway_port, mesh_resources=resources)
+            resources = translate(policy_set.policies, mesh, trust_domain=self._trust_domain)
+            gateway = translate_gateway(
+                policy_set.policies,
+                mesh,
+                port=self._gateway_port,
+                trust_domain=self._trust_domain,
+                downstream_mtls=self._gateway_mtls,
+                mesh_resources=resources,
+            )
             self._generation += 1
             version = f"p{policy_set.version}-g{self._generation}"
             snapshot = Snapshot.from_resources(version, (message for _, _, message in resources))

@@ -1,9 +1,11 @@
 """Wiring only: builds the sidecar's parts from agent.yaml and runs them.
 
-Start-up order: contract → upstream adapter → inbound chain and listener →
-health prober → egress listeners → admin. Shutdown (SIGTERM/SIGINT) drains:
-readiness and grpc.health go NOT_SERVING, new calls get UNAVAILABLE, in-flight
-calls get `limits.drain_timeout` to finish.
+Start-up order: contract → upstream adapter → identity (when mTLS is on) →
+inbound chain and listener → health prober → egress listeners → admin →
+certificate rotation, registration (with mTLS, once the first certificate is
+held) and xDS. Shutdown (SIGTERM/SIGINT) drains: readiness and grpc.health go
+NOT_SERVING, new calls get UNAVAILABLE, in-flight calls get
+`limits.drain_timeout` to finish.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import tempfile
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import descriptor_pb2, json_format
@@ -35,6 +37,7 @@ from sidecar.contract.compiled import normalize_method
 from sidecar.contract.manifest import build_manifest
 from sidecar.filters.rbac import RbacFilter
 from sidecar.health import HealthProber
+from sidecar.identity import IdentityPlan, SidecarIdentity, open_identity_source, plan_identity
 from sidecar.inbound.agent_service import AgentService
 from sidecar.inbound.chain import CONFIG_HEADER_PREFIX, Admission, InboundChain
 from sidecar.inbound.server import InboundServer, channel_options, server_options
@@ -47,6 +50,9 @@ from sidecar.outbound.targets import TargetDirectory
 from sidecar.stats import SidecarStats
 from sidecar.upstream.base import adapter_for
 from sidecar.upstream.http_json import HttpJsonAdapter
+
+if TYPE_CHECKING:
+    from agentmesh.identity.rotation import Rotator
 
 log = logging.getLogger("agentmesh.sidecar")
 
@@ -64,7 +70,8 @@ def load_contract(bootstrap: Bootstrap) -> ContractSet:
         if contract.descriptor_set is not None:
             fds = descriptor_pb2.FileDescriptorSet.FromString(contract.descriptor_set.read_bytes())
         else:
-            fds = compile_descriptor_set(contract.protos, includes=contract.include)
+            # In a child process: protoc would otherwise stay mapped in the sidecar (about 8 MB resident).
+            fds = compile_descriptor_set(contract.protos, includes=contract.include, isolated=True)
         overrides = {
             normalize_method(name): skill.model_dump(exclude_none=True) for name, skill in contract.skills.items()
         }
@@ -142,7 +149,21 @@ class Sidecar:
             limits=bootstrap.limits,
         )
         self._prober = HealthProber(bootstrap.health, bootstrap.upstream, on_change=self._agent_health_changed)
-        self.targets = TargetDirectory(bootstrap.targets, channel_options=channel_options(bootstrap.limits))
+        self.identity_plan: IdentityPlan = plan_identity(bootstrap)
+        self.identity: SidecarIdentity | None = None
+        self._rotator: Rotator | None = None
+        if self.identity_plan.enabled:
+            self._rotator = open_identity_source(self.identity_plan, bootstrap, registry=self.stats.registry)
+            self.identity = SidecarIdentity(
+                self._rotator, mode=self.identity_plan.mode, agent=agent, directory=self.identity_plan.dir
+            )
+            # Callers' certificates must name this mesh's trust domain (sidecar/filters/authn.py).
+            self.identity.on_change(lambda material: chain.peers.set_trust_domain(material.spiffe_id.trust_domain))
+            if self.identity.material is not None:
+                chain.peers.set_trust_domain(self.identity.material.spiffe_id.trust_domain)
+        self.targets = TargetDirectory(
+            bootstrap.targets, channel_options=channel_options(bootstrap.limits), identity=self.identity
+        )
         egress = Egress(
             directory=self.targets,
             forwarder=Forwarder(self.targets, agent=agent.name, team=agent.team, version=agent.version),
@@ -170,6 +191,7 @@ class Sidecar:
             config_dump=self.config_dump,
             readiness=self.readiness,
             runtime_config=self.runtime_config,
+            identity=self.describe_identity,
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Future[None]] = set()
@@ -179,6 +201,7 @@ class Sidecar:
     def _apply_snapshot(self, snapshot: MeshSnapshot) -> None:
         """Publishes a new xDS config: cluster state first, then one reference swap per part."""
         self.clusters.sync(snapshot)
+        self.targets.expect(snapshot)
         inbound = snapshot.inbound
         self._access = RbacFilter.build(inbound.rbac) if inbound is not None else None
         self._config_headers = dict(inbound.request_headers) if inbound is not None else {}
@@ -207,11 +230,27 @@ class Sidecar:
             return False, "draining"
         if not self.admission.agent_healthy:
             return False, f"agent not healthy: {self.admission.reason}"
+        if self.identity is not None:
+            if not self.identity.ready.is_set():
+                return False, f"no certificate yet: {self.identity.waiting_reason}"
+            expired = self.identity.expired()
+            if expired is not None:
+                return False, expired
         return True, "ready"
 
+    def describe_identity(self) -> dict[str, object]:
+        """For /identity: mTLS on (mode, SPIFFE ID, serial, validity, generation) or off and why."""
+        if self.identity is None:
+            return {"mtls": False, "reason": self.identity_plan.reason}
+        return self.identity.describe()
+
     def config_dump(self) -> dict[str, Any]:
+        bootstrap = self.bootstrap.model_dump(mode="json")
+        if bootstrap["identity"].get("join_token"):
+            bootstrap["identity"]["join_token"] = "<redacted>"
         return {
-            "bootstrap": self.bootstrap.model_dump(mode="json"),
+            "bootstrap": bootstrap,
+            "identity": self.describe_identity(),
             "source": str(self._config_path) if self._config_path else None,
             "contract": {
                 "services": list(self.contract.services),
@@ -247,8 +286,9 @@ class Sidecar:
 
     async def start(self) -> Ports:
         listen = self.bootstrap.listen
+        log.info(self.identity_plan.reason)
         await self.inbound.set_serving(False)
-        inbound = await self.inbound.start(listen.inbound)
+        inbound = await self.inbound.start(listen.inbound, identity=self.identity, stats=self.stats)
         egress_grpc = self._egress_grpc.add_insecure_port(listen.egress_grpc)
         if egress_grpc == 0:
             raise OSError(f"cannot listen on {listen.egress_grpc}")
@@ -259,6 +299,7 @@ class Sidecar:
         ports = Ports(inbound, egress_grpc, egress_http, admin)
         link = self.bootstrap.control_plane
         if link is not None:
+            identity = self.identity
             self.registrar = Registrar(
                 control_plane=link.address,
                 manifest=self.manifest,
@@ -266,8 +307,11 @@ class Sidecar:
                 admin_address=_advertised(listen.admin, admin),
                 zone=link.zone,
                 healthy=lambda: self.admission.agent_healthy and not self.admission.draining,
+                identity=(lambda: identity.material) if identity is not None else (lambda: None),
             )
-            self._tasks.append(asyncio.ensure_future(self.registrar.run()))
+            if self._rotator is not None:
+                self._tasks.append(asyncio.ensure_future(self._rotator.run()))
+            self._tasks.append(asyncio.ensure_future(self._register()))
             advertised = link.advertise_address or _advertised(listen.inbound, inbound)
             self.xds = AdsClient(
                 target=link.address,
@@ -294,6 +338,15 @@ class Sidecar:
         )
         return ports
 
+    async def _register(self) -> None:
+        """Registers with the control plane; with mTLS, once the first certificate is held (the first
+        report says the instance accepts mTLS, so callers never dial it in plaintext)."""
+        assert self.registrar is not None
+        if self.identity is not None and not self.identity.ready.is_set():
+            log.info("registering with the control plane once the first certificate arrives")
+            await self.identity.ready.wait()
+        await self.registrar.run()
+
     async def stop(self) -> None:
         """Drains in-flight calls, then closes everything."""
         self.admission.draining = True
@@ -309,6 +362,8 @@ class Sidecar:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.gather(self._admin.stop(), self._upstream.aclose(), self.targets.close())
+        if self.identity is not None:
+            self.identity.close()
         shutdown_tracing()
         log.info("sidecar stopped")
 

@@ -84,6 +84,13 @@ class AccessDenied(MeshError):
         self.policy = policy
 
 
+class Unauthenticated(AccessDenied):
+    """The caller's certificate verified but names no agent of this mesh (sidecar/filters/authn.py)."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+    reason = "unauthenticated"
+
+
 class UnknownTarget(MeshError):
     code = grpc.StatusCode.NOT_FOUND
     reason = "unknown_target"

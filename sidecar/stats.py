@@ -186,6 +186,13 @@ class SidecarStats:
             ("destination_agent", "source_agent", "policy"),
             registry=r,
         )
+        self._plaintext = Counter(
+            "agentmesh_inbound_plaintext_requests",
+            "Inbound calls that arrived without TLS, so without a caller identity (permissive mode).",
+            ("agent",),
+            registry=r,
+        )
+        self._plaintext_child = self._plaintext.labels(agent)
         self._slo_target = Gauge(
             "agentmesh_slo_availability_target",
             "The agent's availability objective from its manifest (burn-rate alerts read it).",
@@ -287,6 +294,10 @@ class SidecarStats:
         self._denied.labels(
             self.agent, self._guards["source_agent"].admit(source_agent)[0], self._guards["policy"].admit(policy)[0]
         ).inc()
+
+    def inbound_plaintext(self) -> None:
+        """Counts one inbound call that arrived without TLS."""
+        self._plaintext_child.inc()
 
     def set_slo_target(self, availability: float) -> None:
         self._slo_target.labels(self.agent).set(availability)

@@ -67,7 +67,7 @@ def connection_options(function: _F) -> _F:
         default=None,
         expose_value=False,
         callback=_remember,
-        help=f"Admin token of the control plane (env {TOKEN_ENV}).",
+        help=f"Token of an admin API credential, or the control plane's own token (env {TOKEN_ENV}).",
     )(function)
     return click.option(
         "--control-plane",

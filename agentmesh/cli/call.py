@@ -6,6 +6,13 @@ stream, then `Invoke` (or `InvokeStream`, one JSON document per message)
 carries the request as a `google.protobuf.Struct`. The request goes through
 the same contract checks as a typed call; a rejected call prints its status,
 message and each `google.rpc.BadRequest` field violation on its own line.
+
+Sidecars with mutual TLS (strict) refuse plaintext callers. With `-f`, the
+call is made over mTLS with the client identity of the `agentmesh up`
+running in this folder (`.agentmesh/identity/cli`), or the identity folder
+given with `--identity`; the server must prove the SPIFFE ID of AGENT (its
+name and team in the mesh file's agent.yaml, the trust domain of the client
+identity).
 """
 
 from __future__ import annotations
@@ -13,8 +20,9 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 import grpc
@@ -26,10 +34,15 @@ from grpc_status import rpc_status
 from agentmesh.config import ConfigError, parse_duration
 from agentmesh.v1 import agent_pb2, agent_pb2_grpc, manifest_pb2
 
+if TYPE_CHECKING:
+    from agentmesh.identity.material import IdentityMaterial
+    from sidecar.config.bootstrap import AgentIdentity
+
 DEFAULT_ADDRESS = "127.0.0.1:15006"
 DEFAULT_TIMEOUT = "10s"
 EXIT_RPC = 1
 _LOOPBACK = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]"}
+IDENTITY_ENV = "AGENTMESH_CALL_IDENTITY"
 
 
 @click.command("call")
@@ -56,9 +69,24 @@ _LOOPBACK = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]"}
 @click.option(
     "--timeout", metavar="DURATION", default=DEFAULT_TIMEOUT, show_default=True, help="Deadline of the whole call."
 )
+@click.option(
+    "--identity",
+    "identity_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    envvar=IDENTITY_ENV,
+    help="A workload identity folder (key.pem, cert-chain.pem, root-cert.pem) to call with over mutual TLS; "
+    "needs -f. Default with -f: the client identity of the `agentmesh up` running in this folder, if any.",
+)
 @click.option("-o", "--output", type=click.Choice(["json", "yaml"]), default="json", show_default=True)
 def call(
-    agent: str, method: str, payload: str, address: str | None, mesh_path: Path | None, timeout: str, output: str
+    agent: str,
+    method: str,
+    payload: str,
+    address: str | None,
+    mesh_path: Path | None,
+    timeout: str,
+    identity_dir: Path | None,
+    output: str,
 ) -> None:
     """Call METHOD (package.Service/Method, or just Method) of AGENT and print the answer.
 
@@ -74,12 +102,19 @@ def call(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--timeout") from exc
     request = _request_json(payload)
-    target = _address(agent, address, mesh_path)
-    with grpc.insecure_channel(target) as channel:
+    target, fronted = _address(agent, address, mesh_path)
+    material = _client_identity(identity_dir, fronted)
+    with _channel(target, material, fronted) as channel:
         stub = agent_pb2_grpc.AgentStub(channel)
         try:
             manifest = stub.GetManifest(agent_pb2.GetManifestRequest(), timeout=deadline)
         except grpc.RpcError as exc:
+            if material is None and isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.UNAVAILABLE:
+                click.echo(
+                    "hint: a sidecar with mTLS strict refuses plaintext callers: call with -f from the folder where "
+                    "`agentmesh up` runs (its client identity), or give --identity",
+                    err=True,
+                )
             _fail(exc, f"cannot read the manifest of the sidecar at {target}")
         if manifest.name != agent:
             raise click.UsageError(f"the sidecar at {target} fronts agent {manifest.name!r}, not {agent!r}")
@@ -116,11 +151,57 @@ def _request_json(payload: str) -> struct_pb2.Struct:
     return message
 
 
-def _address(agent: str, address: str | None, mesh_path: Path | None) -> str:
+def _client_identity(identity_dir: Path | None, fronted: AgentIdentity | None) -> IdentityMaterial | None:
+    """The identity to call with: --identity, else up's client identity here; None for plaintext."""
+    from agentmesh.identity.files import MaterialFileError, read_material
+    from agentmesh.local.state import CLIENT_IDENTITY_DIR
+
+    given = identity_dir is not None
+    directory = identity_dir if identity_dir is not None else CLIENT_IDENTITY_DIR
+    if given and fronted is None:
+        raise click.UsageError("--identity needs -f: the mesh file says which agent and team the server must prove")
+    if fronted is None:
+        return None
+    try:
+        material = read_material(directory)
+    except MaterialFileError as exc:
+        if given:
+            raise click.BadParameter(str(exc), param_hint="--identity") from exc
+        click.echo(f"note: ignoring the client identity: {exc}; calling in plaintext", err=True)
+        return None
+    if material is None:
+        if given:
+            raise click.BadParameter(f"no identity in {directory}", param_hint="--identity")
+        return None
+    if material.not_after <= datetime.now(UTC):
+        expired = f"the client identity in {directory} expired at {material.not_after.isoformat()}"
+        if given:
+            raise click.BadParameter(expired, param_hint="--identity")
+        click.echo(f"note: {expired} (is `agentmesh up` still running?); calling in plaintext", err=True)
+        return None
+    return material
+
+
+def _channel(target: str, material: IdentityMaterial | None, fronted: AgentIdentity | None) -> grpc.Channel:
+    if material is None or fronted is None:
+        return grpc.insecure_channel(target)
+    from agentmesh.identity.spiffe import SpiffeId
+
+    expected = SpiffeId(material.spiffe_id.trust_domain, fronted.team, fronted.name)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=material.trust_bundle_pem,
+        private_key=material.private_key_pem,
+        certificate_chain=material.certificate_chain_pem,
+    )
+    return grpc.secure_channel(target, credentials, options=[("grpc.ssl_target_name_override", expected.dns_name)])
+
+
+def _address(agent: str, address: str | None, mesh_path: Path | None) -> tuple[str, AgentIdentity | None]:
+    """The sidecar's inbound address and, with -f, the agent it fronts (None when its entry runs `mtls: off`)."""
     if address and mesh_path:
         raise click.UsageError("give --address or -f, not both")
     if mesh_path is None:
-        return address or DEFAULT_ADDRESS
+        return address or DEFAULT_ADDRESS, None
     from agentmesh.local.meshfile import MeshFile
     from sidecar.config.bootstrap import Bootstrap
 
@@ -138,10 +219,11 @@ def _address(agent: str, address: str | None, mesh_path: Path | None) -> str:
         raise click.UsageError(f"no agent {agent!r} in {mesh_path} (entries: {known})")
     if len(matches) > 1:
         raise click.UsageError(f"{agent!r} names several entries of {mesh_path}: {', '.join(matches)}; pick one")
-    inbound = configs[matches[0]].listen.inbound
-    host, _, port = inbound.rpartition(":")
+    config = configs[matches[0]]
+    entry = next(e for e in mesh.agents if e.name == matches[0])
+    host, _, port = config.listen.inbound.rpartition(":")
     # A sidecar listening on every interface is reached on loopback.
-    return f"{_LOOPBACK.get(host, host)}:{port}"
+    return f"{_LOOPBACK.get(host, host)}:{port}", None if entry.mtls == "off" else config.agent
 
 
 def _skill(manifest: manifest_pb2.Manifest, method: str) -> manifest_pb2.Skill:

@@ -7,10 +7,29 @@ import sys
 
 import click
 
+from agentmesh.config.source import parse_duration
+from agentmesh.identity.spiffe import DEFAULT_TRUST_DOMAIN, check_trust_domain
 from agentmesh.telemetry.logs import configure_logging
 
 EXIT_CONFIG = 2
 EXIT_STARTUP = 3
+
+
+def _trust_domain(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    try:
+        return check_trust_domain(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _ttl(ctx: click.Context, param: click.Parameter, value: str) -> float:
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if seconds < 1:
+        raise click.BadParameter("must be at least 1s")
+    return seconds
 
 
 @click.command("control-plane")
@@ -51,10 +70,60 @@ EXIT_STARTUP = 3
     help="Port of the listener given to Envoy gateways (xDS node ids starting with 'gateway~').",
 )
 @click.option(
+    "--trust-domain",
+    default=DEFAULT_TRUST_DOMAIN,
+    show_default=True,
+    callback=_trust_domain,
+    help="Trust domain of workload identities: spiffe://<trust-domain>/team/<team>/agent/<name>.",
+)
+@click.option(
+    "--ca-dir",
+    default=None,
+    help="Directory of the certificate authority's keys and certificates (default: '<db>.ca' beside --db).",
+)
+@click.option(
+    "--ca-cert",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="A root CA certificate (PEM) to run under: the control plane signs its own intermediate with it.",
+)
+@click.option(
+    "--ca-key",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="The unencrypted PEM key of --ca-cert; read only to sign the intermediate.",
+)
+@click.option(
+    "--workload-cert-ttl",
+    default="24h",
+    show_default=True,
+    callback=_ttl,
+    help="Lifetime of workload certificates, e.g. 24h, 90m; sidecars renew them at about half of it.",
+)
+@click.option(
+    "--gateway-mtls/--gateway-plaintext",
+    default=False,
+    show_default=True,
+    help="Envoy gateways require callers to present a mesh certificate (mutual TLS, SDS); "
+    "plaintext leaves callers anonymous to access policies.",
+)
+@click.option(
     "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True
 )
 def control_plane(
-    listen: str, http_address: str, db: str, token: str, registry_ttl: float, gateway_port: int, log_level: str
+    listen: str,
+    http_address: str,
+    db: str,
+    token: str,
+    registry_ttl: float,
+    gateway_port: int,
+    trust_domain: str,
+    ca_dir: str | None,
+    ca_cert: str | None,
+    ca_key: str | None,
+    workload_cert_ttl: float,
+    gateway_mtls: bool,
+    log_level: str,
 ) -> None:
     """Run the control plane.
 
@@ -63,6 +132,11 @@ def control_plane(
     resources. Policy is stored versioned in SQLite and survives restarts;
     the registry is rebuilt as sidecars reconnect.
 
+    It is also the mesh's certificate authority: sidecars enroll with a join
+    token (`agentmesh token create`) and renew short-lived certificates for
+    their SPIFFE IDs. The CA is its own root, made on first start in --ca-dir,
+    or an intermediate under --ca-cert/--ca-key.
+
     Exit codes: 0 stopped cleanly, 2 invalid options, 3 start-up failure.
 
     Example: agentmesh control-plane --token "$AGENTMESH_TOKEN" --db /var/lib/agentmesh/cp.db
@@ -70,8 +144,21 @@ def control_plane(
     from control_plane.app import ControlPlaneSettings, run
 
     configure_logging(log_level, component="control-plane")
+    if (ca_cert is None) != (ca_key is None):
+        raise click.UsageError("--ca-cert and --ca-key go together: a root certificate and its key")
     settings = ControlPlaneSettings(
-        listen=listen, http=http_address, db=db, token=token, registry_ttl=registry_ttl, gateway_port=gateway_port
+        listen=listen,
+        http=http_address,
+        db=db,
+        token=token,
+        registry_ttl=registry_ttl,
+        gateway_port=gateway_port,
+        trust_domain=trust_domain,
+        ca_dir=ca_dir or "",
+        ca_cert=ca_cert or "",
+        ca_key=ca_key or "",
+        workload_cert_ttl=workload_cert_ttl,
+        gateway_mtls=gateway_mtls,
     )
     try:
         asyncio.run(run(settings))

@@ -1,8 +1,9 @@
 """A whole mesh on one machine: what `agentmesh up` runs, from start to a clean stop.
 
 In order: the embedded control plane (this run's admin token in
-`.agentmesh/token`); each entry's minimum replicas, every sidecar
-registering with the control plane; a wait until every replica is ready
+`.agentmesh/token`; its CA issues the sidecars' certificates); each entry's
+minimum replicas, every sidecar enrolling with a join token minted for its
+start (mutual TLS between sidecars) and registering with the control plane; a wait until every replica is ready
 and registered; the mesh file's policies, validated against the registered
 agents and stored as a policy version; Prometheus when it is installed.
 Then, until SIGINT or SIGTERM, every tick reads each sidecar's `/metrics`,
@@ -29,6 +30,7 @@ from agentmesh.config import ConfigError
 from agentmesh.local import prometheus
 from agentmesh.local.autoscale import Autoscaler
 from agentmesh.local.control_plane import EmbeddedControlPlane
+from agentmesh.local.identity import ClientIdentity, IdentityError, JoinTokenError, JoinTokens
 from agentmesh.local.meshfile import MeshFile
 from agentmesh.local.replicas import AgentReplicas, Replica, free_port, reachable
 from agentmesh.local.state import StateDir, new_token
@@ -95,6 +97,7 @@ class LocalMesh:
         self._prometheus_note = "not started"
         self._control_plane_grpc = ""
         self._control_plane_http = ""
+        self._client_identity: ClientIdentity | None = None
 
     # --- the run ----------------------------------------------------------------------------------------------
 
@@ -127,6 +130,8 @@ class LocalMesh:
         self._echo(f"admin token     {token}")
         self._echo(f"                (saved in {state.token}: export AGENTMESH_TOKEN=$(cat {state.token}))")
         base_dir = self.options.mesh_path.resolve().parent
+        join_tokens = JoinTokens(address=self._control_plane_grpc, admin_token=token)
+        await self._start_client_identity(join_tokens)
         for entry in self.mesh.agents:
             group = AgentReplicas(
                 entry=entry,
@@ -137,6 +142,7 @@ class LocalMesh:
                 log_dir=state.logs,
                 control_plane=self._control_plane_grpc,
                 on_event=self._event,
+                join_tokens=join_tokens,
             )
             self.groups.append(group)
             replicas = entry.replicas
@@ -169,6 +175,19 @@ class LocalMesh:
         self._show(first=True)
         await self._loop(stop)
         return EXIT_OK if ready else EXIT_STARTUP
+
+    async def _start_client_identity(self, join_tokens: JoinTokens) -> None:
+        """Enrolls the operator's identity for `agentmesh call` (strict sidecars accept only mesh certificates)."""
+        client = ClientIdentity(
+            join_tokens, address=self._control_plane_grpc, directory=self.options.state.client_identity
+        )
+        try:
+            material = await client.start()
+        except (JoinTokenError, IdentityError) as exc:
+            self._error(f"warning: no client identity for `agentmesh call`: {exc}")
+            return
+        self._client_identity = client
+        self._echo(f"client identity {material.spiffe_id.uri} (for `agentmesh call`, in {client.directory})")
 
     async def _wait_ready(self, stop: asyncio.Event) -> bool:
         """Waits until every replica is ready and registered with the control plane; False on timeout."""
@@ -408,6 +427,8 @@ class LocalMesh:
         # Sidecars first: they stop taking calls and finish the ones in flight while their agents still run.
         await asyncio.gather(*(self.supervisor.remove(sidecar, grace) for sidecar in sidecars))
         await self.supervisor.stop()
+        if self._client_identity is not None:
+            await self._client_identity.stop()
         if self.control_plane is not None:
             await self.control_plane.stop()
         self.options.state.status.unlink(missing_ok=True)

@@ -9,12 +9,19 @@
         sidecar: agents/researcher/agent.yaml
         env: {KEY: value}
         replicas: {min: 1, max: 3}
+        mtls: permissive                   # strict (default: agent.yaml's identity.mode), permissive or off
 
 Placeholders in `command` and `env` values: `{python}` the running
 interpreter, `{port}` the replica's agent port, `{egress_http}` the URL of
 the replica's sidecar HTTP egress, `{egress_grpc}` the host:port of its gRPC
 egress, `{replica}` the replica's index. Paths are relative to the mesh
 file. Validated like every other YAML file (file:line: field: reason).
+
+Every sidecar runs with mutual TLS: up hands each one a join token
+(agentmesh/local/identity.py). `mtls` picks the inbound mode of an entry:
+`strict` accepts only mesh certificates, `permissive` also plaintext (for an
+entry agent called from outside the mesh), `off` runs that sidecar without
+an identity.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -87,6 +95,8 @@ class MeshAgent(_Strict):
     sidecar: Path
     env: dict[str, str] = Field(default_factory=dict)
     replicas: Replicas = Replicas()
+    # The inbound listener's mTLS mode; default: the agent.yaml's identity.mode (strict unless set).
+    mtls: Literal["strict", "permissive", "off"] | None = None
 
     @field_validator("name")
     @classmethod

@@ -4,7 +4,8 @@
   control-plane.db     the embedded control plane's policy store and registry journal (SQLite)
   token                the admin token of this run (mode 0600): AGENTMESH_TOKEN=$(cat .agentmesh/token)
   status.json          the running mesh: processes, PIDs, addresses, figures (rewritten while up runs)
-  replicas/            one generated agent.yaml per replica, and its last good xDS config
+  replicas/            one generated agent.yaml per replica, its last good xDS config and its identity
+  identity/cli/        the operator's client identity (key, certificate, roots) for `agentmesh call`
   logs/                one log per process, plus up's own (control plane included)
   prometheus.yml       the generated Prometheus config, when Prometheus runs
   prometheus/          Prometheus' storage
@@ -19,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_STATE_DIR = Path(".agentmesh")
+# Where `agentmesh call` looks for the client identity of the `agentmesh up` running in this folder.
+CLIENT_IDENTITY_DIR = DEFAULT_STATE_DIR / "identity" / "cli"
 TOKEN_BYTES = 24
 
 
@@ -48,6 +51,10 @@ class StateDir:
     @property
     def replicas(self) -> Path:
         return self.root / "replicas"
+
+    @property
+    def client_identity(self) -> Path:
+        return self.root / "identity" / "cli"
 
     @property
     def prometheus_config(self) -> Path:

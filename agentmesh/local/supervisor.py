@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +39,8 @@ class Supervised:
     cwd: Path
     env: Mapping[str, str] = field(default_factory=dict)
     log_path: Path | None = None
+    # Runs before each start, the first and every restart (e.g. a fresh join token for a sidecar).
+    prepare: Callable[[], Awaitable[None]] | None = None
     restarts: int = 0
     process: asyncio.subprocess.Process | None = None
     started_at: float = 0.0
@@ -82,6 +84,8 @@ class Supervisor:
         self._tasks[id(item)] = asyncio.create_task(self._watch(item))
 
     async def _spawn(self, item: Supervised) -> None:
+        if item.prepare is not None:
+            await item.prepare()
         output = open(item.log_path, "ab") if item.log_path else None  # noqa: SIM115, ASYNC230 - a log file the child inherits
         try:
             item.process = await asyncio.create_subprocess_exec(

@@ -14,6 +14,18 @@ unknown kinds, names and versions are NOT_FOUND (or INVALID_ARGUMENT for a
 kind that does not exist); other refusals of the store are
 FAILED_PRECONDITION.
 
+Who may call what is decided before a call gets here (control_plane/api/auth.py:
+the bearer token, then the role each RPC needs); a call that arrives runs with
+its authenticated `Caller`. Every change is recorded with the caller's
+credential name as its author: the request's `author` field is a claim
+nobody checked, so it is only logged (as `requested_author`). A credential
+scoped to teams may change only its teams' agents' policies: the policy store
+runs the scope check (control_plane/access/scope.py) inside the change's
+transaction, on the documents the change adds, changes or removes; a refusal
+is PERMISSION_DENIED naming the out-of-scope agents, counted and logged with
+the other refusals. The credential RPCs (CreateCredential, ListCredentials,
+RevokeCredential, WhoAmI) serve the credential store.
+
 The store is synchronous SQLite: its calls, and parsing and validating
 documents, run in a worker thread (`asyncio.to_thread`); the registry and the
 tracker are read on the event-loop thread, where they live.
@@ -25,7 +37,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
@@ -33,20 +45,30 @@ from grpc_status import rpc_status
 
 from agentmesh.config import ConfigError, ConfigIssue
 from agentmesh.v1 import control_pb2, control_pb2_grpc
+from control_plane.access.credentials import (
+    CredentialError,
+    CredentialRecord,
+    CredentialStore,
+    UnknownCredentialError,
+)
+from control_plane.access.roles import BOOTSTRAP_ID, BOOTSTRAP_NAME, ROLES, Caller
+from control_plane.access.scope import ScopeError, TeamDirectory, check_scope
+from control_plane.api.auth import SCOPE, AccessRefused, AdminRefusals, caller
 from control_plane.api.check import check_mesh
 from control_plane.api.status import agent_statuses, datetime_timestamp, proxy_syncs
 from control_plane.policy.model import KINDS, Policy, PolicyRef, render_yaml
-from control_plane.policy.store import ChangeResult, PolicyStore, PolicyStoreError, VersionInfo
+from control_plane.policy.store import ChangeGuard, ChangeResult, PolicyStore, PolicyStoreError, VersionInfo
 from control_plane.policy.validate import PolicyDocument, RegistryView, parse_documents, validate_documents
 from control_plane.registry import Registry
 from control_plane.registry.view import mesh_view
 from control_plane.xds.ack_tracker import AckTracker
 from control_plane.xds.ads_server import AggregatedDiscoveryService
 
+if TYPE_CHECKING:
+    from control_plane.api.tokens import JoinTokenAdmin
+
 log = logging.getLogger(__name__)
 
-# Recorded as the author of changes whose request names none.
-DEFAULT_AUTHOR = "unknown"
 UNNAMED_FILE = "<unnamed>"
 
 _T = TypeVar("_T")
@@ -130,7 +152,9 @@ class AdminService(control_pb2_grpc.ControlPlaneServicer):
     `snapshot_version()` names the xDS snapshot being served; `on_policy_change()`
     is called after every change that created a policy version. `clock` is the
     registry's clock (its instance times are in that clock's seconds) and
-    `wall_clock` turns them into the times the CLI shows.
+    `wall_clock` turns them into the times the CLI shows. `credentials` is the
+    credential store (the credential RPCs answer FAILED_PRECONDITION without
+    one); `refusals` counts scope refusals with the interceptor's.
     """
 
     def __init__(
@@ -144,6 +168,9 @@ class AdminService(control_pb2_grpc.ControlPlaneServicer):
         on_policy_change: Callable[[], None],
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        credentials: CredentialStore | None = None,
+        refusals: AdminRefusals | None = None,
+        join_tokens: JoinTokenAdmin | None = None,
     ) -> None:
         self._store = store
         self._registry = registry
@@ -153,6 +180,9 @@ class AdminService(control_pb2_grpc.ControlPlaneServicer):
         self._on_policy_change = on_policy_change
         self._clock = clock
         self._wall_clock = wall_clock
+        self._credentials = credentials
+        self._refusals = refusals or AdminRefusals()
+        self._join_tokens = join_tokens
 
     def __repr__(self) -> str:
         return f"AdminService(store={self._store!r})"
@@ -162,19 +192,23 @@ class AdminService(control_pb2_grpc.ControlPlaneServicer):
     async def ApplyPolicies(
         self, request: control_pb2.ApplyPoliciesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> control_pb2.PolicyChange:
-        return await _answer(context, self._apply(request))
+        return await _answer(context, self._apply(request, caller(context)))
 
-    async def _apply(self, request: control_pb2.ApplyPoliciesRequest) -> control_pb2.PolicyChange:
+    async def _apply(self, request: control_pb2.ApplyPoliciesRequest, who: Caller) -> control_pb2.PolicyChange:
         if not request.files:
             raise AdminError(grpc.StatusCode.INVALID_ARGUMENT, "no policy files given")
         view = mesh_view(self._registry)
         files = [(f.name or UNNAMED_FILE, f.content) for f in request.files]
         documents, warnings = await asyncio.to_thread(self._validate, files, view, request.prune)
         policies = [document.policy for document in documents]
-        author = request.author or DEFAULT_AUTHOR
+        guard = self._scope_guard(who)
         result = await self._change(
-            lambda: self._store.apply(policies, author, request.dry_run, message=request.message, prune=request.prune),
-            author=author,
+            lambda: self._store.apply(
+                policies, who.name, request.dry_run, message=request.message, prune=request.prune, guard=guard
+            ),
+            who=who,
+            method="ApplyPolicies",
+            requested_author=request.author,
         )
         return _change_message(result, warnings)
 
@@ -202,16 +236,18 @@ class AdminService(control_pb2_grpc.ControlPlaneServicer):
     async def DeletePolicy(
         self, request: control_pb2.DeletePolicyRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> control_pb2.PolicyChange:
-        return await _answer(context, self._delete(request))
+        return await _answer(context, self._delete(request, caller(context)))
 
-    async def _delete(self, request: control_pb2.DeletePolicyRequest) -> control_pb2.PolicyChange:
+    async def _delete(self, request: control_pb2.DeletePolicyRequest, who: Caller) -> control_pb2.PolicyChange:
         _check_kind(request.kind)
         if not request.name:
             raise AdminError(grpc.StatusCode.INVALID_ARGUMENT, "name the policy to delete")
-        author = request.author or DEFAULT_AUTHOR
+        guard = self._scope_guard(who)
         result = await self._change(
-            lambda: self._store.delete(request.kind, request.name, author, dry_run=request.dry_run),
-            author=author,
+            lambda: self._store.delete(request.kind, request.name, who.name, dry_run=request.dry_run, guard=guard),
+            who=who,
+            method="DeletePolicy",
+            requested_author=request.author,
             refused=grpc.StatusCode.NOT_FOUND,
         )
         return _change_message(result)
@@ -219,27 +255,45 @@ class AdminService(control_pb2_grpc.ControlPlaneServicer):
     async def RollbackPolicies(
         self, request: control_pb2.RollbackPoliciesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> control_pb2.PolicyChange:
-        return await _answer(context, self._rollback(request))
+        return await _answer(context, self._rollback(request, caller(context)))
 
-    async def _rollback(self, request: control_pb2.RollbackPoliciesRequest) -> control_pb2.PolicyChange:
-        author = request.author or DEFAULT_AUTHOR
+    async def _rollback(self, request: control_pb2.RollbackPoliciesRequest, who: Caller) -> control_pb2.PolicyChange:
+        guard = self._scope_guard(who)
         result = await self._change(
-            lambda: self._store.rollback(request.version, author, dry_run=request.dry_run),
-            author=author,
+            lambda: self._store.rollback(request.version, who.name, dry_run=request.dry_run, guard=guard),
+            who=who,
+            method="RollbackPolicies",
+            requested_author=request.author,
             refused=grpc.StatusCode.NOT_FOUND,
         )
         return _change_message(result)
+
+    def _scope_guard(self, who: Caller) -> ChangeGuard | None:
+        """The store guard that keeps a team-scoped caller's change to its teams' agents; None when unscoped.
+
+        The registry is read here, on its thread; the guard runs in the store's worker thread.
+        """
+        if not who.scoped:
+            return None
+        directory = TeamDirectory.from_instances(self._registry.instances())
+        return lambda policies: check_scope(who.teams, policies, directory)
 
     async def _change(
         self,
         operation: Callable[[], ChangeResult],
         *,
-        author: str,
+        who: Caller,
+        method: str,
+        requested_author: str = "",
         refused: grpc.StatusCode = grpc.StatusCode.FAILED_PRECONDITION,
     ) -> ChangeResult:
         """Runs one store change in a worker thread; announces it when it created a version."""
         try:
             result = await asyncio.to_thread(operation)
+        except ScopeError as exc:
+            refusal = AccessRefused(grpc.StatusCode.PERMISSION_DENIED, SCOPE, f"{method}: {exc}", who)
+            self._refusals.record(method, refusal)
+            raise AdminError(refusal.code, refusal.message) from exc
         except PolicyStoreError as exc:
             raise AdminError(refused, str(exc)) from exc
         except ConfigError as exc:
@@ -250,7 +304,9 @@ class AdminService(control_pb2_grpc.ControlPlaneServicer):
                 "policy version created",
                 extra={
                     "policy_version": result.version,
-                    "author": author,
+                    "author": who.name,
+                    "credential_id": who.credential_id,
+                    "requested_author": requested_author,
                     "added": [str(r) for r in result.added],
                     "changed": [str(r) for r in result.changed],
                     "removed": [str(r) for r in result.removed],
@@ -333,3 +389,138 @@ class AdminService(control_pb2_grpc.ControlPlaneServicer):
         return control_pb2.CheckResponse(
             findings=[control_pb2.Finding(severity=f.severity, subject=f.subject, message=f.message) for f in findings]
         )
+
+    # --- join tokens and the CA (control_plane/api/tokens.py) -----------------------------------------------------
+
+    async def CreateJoinToken(
+        self, request: control_pb2.CreateJoinTokenRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> control_pb2.JoinToken:
+        return await _answer(context, self._identity(lambda admin: admin.create(request, context)))
+
+    async def ListJoinTokens(
+        self, request: control_pb2.ListJoinTokensRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> control_pb2.ListJoinTokensResponse:
+        return await _answer(context, self._identity(lambda admin: admin.list_tokens(request, context)))
+
+    async def RevokeJoinToken(
+        self, request: control_pb2.RevokeJoinTokenRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> control_pb2.JoinToken:
+        return await _answer(context, self._identity(lambda admin: admin.revoke(request, context)))
+
+    async def GetCertificateAuthority(
+        self, request: control_pb2.GetCertificateAuthorityRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> control_pb2.CertificateAuthority:
+        return await _answer(context, self._identity(lambda admin: admin.certificate_authority(request, context)))
+
+    async def _identity(self, call: Callable[[JoinTokenAdmin], Awaitable[_T]]) -> _T:
+        if self._join_tokens is None:
+            raise AdminError(grpc.StatusCode.UNIMPLEMENTED, "this control plane runs without a certificate authority")
+        return await call(self._join_tokens)
+
+    # --- credentials ----------------------------------------------------------------------------------------------
+
+    def _credential_store(self) -> CredentialStore:
+        if self._credentials is None:
+            raise AdminError(grpc.StatusCode.FAILED_PRECONDITION, "this control plane keeps no credential store")
+        return self._credentials
+
+    async def CreateCredential(
+        self, request: control_pb2.CreateCredentialRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> control_pb2.Credential:
+        return await _answer(context, self._create_credential(request, caller(context)))
+
+    async def _create_credential(
+        self, request: control_pb2.CreateCredentialRequest, who: Caller
+    ) -> control_pb2.Credential:
+        store = self._credential_store()
+        if not request.role:
+            raise AdminError(grpc.StatusCode.INVALID_ARGUMENT, f"role: required, one of {', '.join(ROLES)}")
+        ttl = request.ttl.ToTimedelta() if request.HasField("ttl") else None
+        try:
+            issued = await asyncio.to_thread(
+                lambda: store.create(request.name, request.role, teams=request.teams, ttl=ttl, created_by=who.name)
+            )
+        except CredentialError as exc:
+            raise AdminError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+        record = issued.record
+        log.info(
+            "credential created",
+            extra={
+                "credential_id": record.id,
+                "credential": record.name,
+                "role": record.role.value,
+                "teams": list(record.teams),
+                "expires": record.expires_at.isoformat() if record.expires_at else None,
+                "author": who.name,
+            },
+        )
+        return credential_message(record, secret=issued.token)
+
+    async def ListCredentials(
+        self, request: control_pb2.ListCredentialsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> control_pb2.ListCredentialsResponse:
+        return await _answer(context, self._list_credentials(request.all))
+
+    async def _list_credentials(self, include_inactive: bool) -> control_pb2.ListCredentialsResponse:
+        store = self._credential_store()
+        records = await asyncio.to_thread(lambda: store.records(include_inactive=include_inactive))
+        return control_pb2.ListCredentialsResponse(credentials=[credential_message(record) for record in records])
+
+    async def RevokeCredential(
+        self, request: control_pb2.RevokeCredentialRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> control_pb2.Credential:
+        return await _answer(context, self._revoke_credential(request.id, caller(context)))
+
+    async def _revoke_credential(self, credential_id: str, who: Caller) -> control_pb2.Credential:
+        store = self._credential_store()
+        if not credential_id:
+            raise AdminError(
+                grpc.StatusCode.INVALID_ARGUMENT, "id: name the credential to revoke (see ListCredentials)"
+            )
+        if credential_id == BOOTSTRAP_ID:
+            raise AdminError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"{BOOTSTRAP_NAME} is the control plane's own --token and cannot be revoked: restart the control "
+                "plane with another token to replace it",
+            )
+        try:
+            record = await asyncio.to_thread(store.revoke, credential_id)
+        except UnknownCredentialError as exc:
+            raise AdminError(grpc.StatusCode.NOT_FOUND, str(exc)) from exc
+        log.info(
+            "credential revoked", extra={"credential_id": record.id, "credential": record.name, "author": who.name}
+        )
+        return credential_message(record)
+
+    async def WhoAmI(
+        self, request: control_pb2.WhoAmIRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> control_pb2.Credential:
+        return await _answer(context, self._whoami(caller(context)))
+
+    async def _whoami(self, who: Caller) -> control_pb2.Credential:
+        if who.is_bootstrap or self._credentials is None:
+            return control_pb2.Credential(
+                id=who.credential_id, name=who.name, role=who.role.value, teams=list(who.teams)
+            )
+        store = self._credentials
+        try:
+            return credential_message(await asyncio.to_thread(store.get, who.credential_id))
+        except UnknownCredentialError as exc:
+            raise AdminError(grpc.StatusCode.NOT_FOUND, str(exc)) from exc
+
+
+def credential_message(record: CredentialRecord, *, secret: str = "") -> control_pb2.Credential:
+    """The API form of a stored credential; the token only when it was just created."""
+    message = control_pb2.Credential(
+        id=record.id,
+        name=record.name,
+        role=record.role.value,
+        teams=list(record.teams),
+        created=datetime_timestamp(record.created_at),
+        revoked=record.revoked_at is not None,
+        created_by=record.created_by,
+        secret=secret,
+    )
+    if record.expires_at is not None:
+        message.expires.CopyFrom(datetime_timestamp(record.expires_at))
+    return message

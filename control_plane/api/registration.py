@@ -66,6 +66,8 @@ class RegistrationService(control_pb2_grpc.RegistrationServicer):
                 zone=report.zone,
                 instance_id=report.instance_id or None,
                 admin_address=report.admin_address,
+                mtls=report.mtls,
+                spiffe_id=report.spiffe_id,
             )
         except RegistryError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"registration refused: {exc}")

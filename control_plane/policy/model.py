@@ -35,15 +35,17 @@ from pydantic import (
 
 from agentmesh.config import parse_duration
 from agentmesh.config.regex import compile_re2
+from agentmesh.identity.spiffe import check_name
 
 API_VERSION: Final = "agentmesh.io/v1"
 # Requests carrying this header with a version name go to that version only.
 DEFAULT_VERSION_HEADER = "x-agentmesh-version"
 # AgentConfig values reach the agent as `x-agentmesh-config-<key>` headers.
 CONFIG_HEADER_PREFIX = "x-agentmesh-config-"
-# Identity headers the caller's sidecar asserts (proven only once mTLS exists).
-SOURCE_AGENT_HEADER = "x-agentmesh-source-agent"
-SOURCE_TEAM_HEADER = "x-agentmesh-source-team"
+# The target of the mesh-wide AccessPolicy: it applies to every agent (at most one per mesh).
+MESH_WIDE: Final = "*"
+# RBAC policy names `<AccessPolicy name>/<rule>` must not clash with the built-in ones (`builtin/grpc-health`).
+RESERVED_ACCESS_POLICY_NAME: Final = "builtin"
 
 # The gRPC status codes both Envoy (`retry_on`) and gRPC clients (gRFC A44) retry on.
 RETRYABLE_CODES = ("cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable")
@@ -376,7 +378,7 @@ class TrafficPolicySpec(_Strict):
 
 
 class Peers(_Strict):
-    """Callers: any listed agent or any agent of a listed team; '*' is anyone."""
+    """Callers, as their certificates name them: any listed agent or any agent of a listed team; '*' is anyone."""
 
     agents: tuple[Annotated[str, AfterValidator(_agent_or_star)], ...] = ()
     teams: tuple[Annotated[str, AfterValidator(_team_or_star)], ...] = ()
@@ -417,12 +419,17 @@ class AccessRule(_Strict):
 
 
 class AccessPolicySpec(_Strict):
-    """Who may call the target agent. A matching deny rule wins over any allow rule."""
+    """Who may call the target agent ('*': every agent). A matching deny rule wins over any allow rule."""
 
-    target: AgentName
-    # What happens to calls no rule matches.
-    default_action: Action = "deny"
+    # An agent name, or '*' for the mesh-wide policy every agent enforces besides its own.
+    target: Annotated[str, AfterValidator(_agent_or_star)]
+    # What happens to calls no rule matches. Unset: the mesh-wide policy's default_action, else deny.
+    default_action: Action | None = None
     rules: tuple[AccessRule, ...] = ()
+
+    @property
+    def mesh_wide(self) -> bool:
+        return self.target == MESH_WIDE
 
 
 # --- AgentConfig --------------------------------------------------------------------------------------------------
@@ -547,7 +554,11 @@ def semantic_problems(policy: Policy) -> list[Problem]:
     if isinstance(policy, TrafficPolicy):
         return _traffic_problems(policy.spec)
     if isinstance(policy, AccessPolicy):
-        return _access_problems(policy.spec)
+        problems = _access_problems(policy.spec)
+        if policy.metadata.name == RESERVED_ACCESS_POLICY_NAME:
+            reason = f"{RESERVED_ACCESS_POLICY_NAME!r} is reserved for the built-in access rules; pick another name"
+            problems.insert(0, Problem(("metadata", "name"), reason))
+        return problems
     return []
 
 
@@ -627,6 +638,15 @@ def _all_retries(spec: TrafficPolicySpec) -> list[tuple[Path, Retries, float | N
     return found
 
 
+def _in_certificates(team: str) -> bool:
+    """Whether a SPIFFE ID can name `team` (agentmesh.identity.spiffe: one lowercase DNS label)."""
+    try:
+        check_name(team, "team")
+    except ValueError:
+        return False
+    return True
+
+
 def _access_problems(spec: AccessPolicySpec) -> list[Problem]:
     problems = []
     names: dict[str, int] = {}
@@ -640,4 +660,11 @@ def _access_problems(spec: AccessPolicySpec) -> list[Problem]:
             problems.append(
                 Problem((*at, "action"), "has no effect: default_action is already allow", severity="warning")
             )
+        for t_index, team in enumerate(rule.from_.teams if rule.from_ is not None else ()):
+            if team != "*" and not _in_certificates(team):
+                reason = (
+                    f"team {team!r} can never match a caller: certificates name teams in lowercase letters, "
+                    "digits and '-' (at most 63)"
+                )
+                problems.append(Problem((*at, "from", "teams", t_index), reason))
     return problems

@@ -13,6 +13,11 @@ the resulting set is checked as a whole (`check_policy_set`): two policies of
 one kind for one target are refused here even if the caller skipped
 validation.
 
+A change may carry a `guard`: it is called inside the write transaction with
+every document the change adds, changes or removes (the stored and the new
+form), and may raise to refuse it (the admin API's team scope); nothing is
+written then.
+
 The store is synchronous and safe to share between threads of one process
 (one connection behind a lock); an asyncio app calls it directly for small
 sets or through `asyncio.to_thread`.
@@ -25,7 +30,7 @@ import hashlib
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -59,6 +64,10 @@ CREATE TABLE IF NOT EXISTS members (
     PRIMARY KEY (version, kind, name)
 );
 """
+
+
+# Sees the documents a change touches (before and after) and raises to refuse the change.
+ChangeGuard = Callable[[Sequence[Policy]], None]
 
 
 class PolicyStoreError(Exception):
@@ -262,6 +271,7 @@ class PolicyStore:
         *,
         message: str = "",
         prune: bool = False,
+        guard: ChangeGuard | None = None,
     ) -> ChangeResult:
         """Adds or replaces documents by (kind, name); with `prune`, also removes every document not given.
 
@@ -277,9 +287,18 @@ class PolicyStore:
         def change(current: dict[PolicyRef, Policy]) -> dict[PolicyRef, Policy]:
             return dict(given) if prune else {**current, **given}
 
-        return self._change(change, author, message or "apply", dry_run=dry_run, touched=given.keys())
+        return self._change(change, author, message or "apply", dry_run=dry_run, touched=given.keys(), guard=guard)
 
-    def delete(self, kind: str, name: str, author: str, *, message: str = "", dry_run: bool = False) -> ChangeResult:
+    def delete(
+        self,
+        kind: str,
+        name: str,
+        author: str,
+        *,
+        message: str = "",
+        dry_run: bool = False,
+        guard: ChangeGuard | None = None,
+    ) -> ChangeResult:
         """Removes one document; raises PolicyStoreError when it is not stored."""
         ref = PolicyRef(kind, name)
 
@@ -288,16 +307,26 @@ class PolicyStore:
                 raise PolicyStoreError(f"{ref} is not stored")
             return {r: p for r, p in current.items() if r != ref}
 
-        return self._change(change, author, message or f"delete {ref}", dry_run=dry_run)
+        return self._change(change, author, message or f"delete {ref}", dry_run=dry_run, guard=guard)
 
-    def rollback(self, version: int, author: str, *, message: str = "", dry_run: bool = False) -> ChangeResult:
+    def rollback(
+        self,
+        version: int,
+        author: str,
+        *,
+        message: str = "",
+        dry_run: bool = False,
+        guard: ChangeGuard | None = None,
+    ) -> ChangeResult:
         """Makes a new version whose set equals `version`'s (no version when it already does)."""
 
         def change(current: dict[PolicyRef, Policy]) -> dict[PolicyRef, Policy]:
             self._check_version(self._db, version)
             return self._load(self._db, version)
 
-        return self._change(change, author, message or f"rollback to version {version}", dry_run=dry_run, check=False)
+        return self._change(
+            change, author, message or f"rollback to version {version}", dry_run=dry_run, check=False, guard=guard
+        )
 
     def _change(
         self,
@@ -308,6 +337,7 @@ class PolicyStore:
         dry_run: bool,
         touched: Iterable[PolicyRef] | None = None,
         check: bool = True,
+        guard: ChangeGuard | None = None,
     ) -> ChangeResult:
         if not author:
             raise PolicyStoreError("author must not be empty")
@@ -324,6 +354,8 @@ class PolicyStore:
             added = tuple(ref for ref in new if ref not in old)
             removed = tuple(ref for ref in old if ref not in new)
             changed = tuple(ref for ref in new if ref in old and old[ref] != new[ref])
+            if guard is not None:
+                guard([*(before[ref] for ref in changed + removed), *(after[ref] for ref in added + changed)])
             same = (ref for ref in new if ref in old and old[ref] == new[ref])
             scope = set(touched) if touched is not None else None
             unchanged = tuple(ref for ref in same if scope is None or ref in scope)

@@ -5,8 +5,9 @@ Three passes, each naming file, line and field path for every issue:
 1. parsing: YAML syntax, apiVersion/kind, unknown keys, wrong types, local
    rules (pydantic models in model.py);
 2. the document as a whole (`model.semantic_problems`) and the set as a whole:
-   duplicate (kind, name), two policies of one kind for the same target, also
-   against policies already stored;
+   duplicate (kind, name), two policies of one kind for the same target (so
+   at most one mesh-wide AccessPolicy, target '*'), also against policies
+   already stored;
 3. the registry: unknown agents, versions, services and methods. An agent that
    is not registered is a warning (it may register later); a version, service
    or method a registered agent does not have is an error, since the policy
@@ -30,7 +31,10 @@ from agentmesh.config.source import issues_from_validation, iter_documents
 from control_plane.policy.model import (
     API_VERSION,
     KINDS,
+    MESH_WIDE,
     AccessPolicy,
+    AccessPolicySpec,
+    AccessRule,
     AgentConfig,
     Backend,
     Path,
@@ -288,10 +292,16 @@ def _set_problems(
         target = _target_of(document.policy)
         owner = by_target.setdefault((document.ref.kind, target), document)
         if owner is not document:
-            reason = (
-                f"{target} already has {owner.ref} ({owner.where()}): "
-                f"one {document.ref.kind} per target; merge them into one document"
-            )
+            if isinstance(document.policy, AccessPolicy) and document.policy.spec.mesh_wide:
+                reason = (
+                    f"the mesh already has a mesh-wide AccessPolicy, {owner.ref} ({owner.where()}): "
+                    f"at most one AccessPolicy targets '{MESH_WIDE}'; merge them into one document"
+                )
+            else:
+                reason = (
+                    f"{target} already has {owner.ref} ({owner.where()}): "
+                    f"one {document.ref.kind} per target; merge them into one document"
+                )
             found.append((document, [Problem(("spec", "target"), reason)]))
     return found
 
@@ -401,17 +411,24 @@ def _service_traffic_registry(
     return problems
 
 
+def _unregistered_callers(rule: AccessRule, registry: RegistryView, at: Path) -> list[Problem]:
+    problems = []
+    for a_index, name in enumerate(rule.from_.agents if rule.from_ is not None else ()):
+        if name != "*" and name not in registry.agents:
+            reason = f"agent {name!r} is not registered; the rule applies once it registers"
+            problems.append(Problem((*at, "from", "agents", a_index), reason, "warning"))
+    return problems
+
+
 def _access_registry(policy: AccessPolicy, registry: RegistryView) -> list[Problem]:
     spec = policy.spec
+    if spec.mesh_wide:
+        return _mesh_wide_registry(spec, registry)
     problems = _unknown_agent(spec.target, registry, ("spec", "target"))
     target = registry.agents.get(spec.target)
     for index, rule in enumerate(spec.rules):
         at: Path = ("spec", "rules", index)
-        if rule.from_ is not None:
-            for a_index, name in enumerate(rule.from_.agents):
-                if name != "*" and name not in registry.agents:
-                    reason = f"agent {name!r} is not registered; the rule applies once it registers"
-                    problems.append(Problem((*at, "from", "agents", a_index), reason, "warning"))
+        problems += _unregistered_callers(rule, registry, at)
         if rule.to is None or target is None:
             continue
         for s_index, service in enumerate(rule.to.services):
@@ -422,4 +439,24 @@ def _access_registry(policy: AccessPolicy, registry: RegistryView) -> list[Probl
             problem = _method_problem(method, {spec.target: target}, (*at, "to", "methods", m_index))
             if problem is not None:
                 problems.append(problem)
+    return problems
+
+
+def _mesh_wide_registry(spec: AccessPolicySpec, registry: RegistryView) -> list[Problem]:
+    """A mesh-wide rule applies to every agent: a service or method no registered agent serves is only a warning."""
+    problems = []
+    for index, rule in enumerate(spec.rules):
+        at: Path = ("spec", "rules", index)
+        problems += _unregistered_callers(rule, registry, at)
+        if rule.to is None or not registry.agents:
+            continue
+        for s_index, service in enumerate(rule.to.services):
+            if not any(service in agent.services for agent in registry.agents.values()):
+                reason = f"no registered agent serves {service}; the rule applies once one does"
+                problems.append(Problem((*at, "to", "services", s_index), reason, "warning"))
+        for m_index, method in enumerate(rule.to.methods):
+            problem = _method_problem(method, registry.agents, (*at, "to", "methods", m_index))
+            if problem is not None:
+                reason = f"no registered agent serves {method}; the rule applies once one does"
+                problems.append(Problem(problem.path, reason, "warning"))
     return problems

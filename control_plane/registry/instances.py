@@ -81,6 +81,10 @@ class AgentInstance:
     zone: str = ""
     # host:port of the sidecar's admin endpoint, for Prometheus discovery; "" when unknown.
     admin_address: str = ""
+    # The inbound listener accepts mutual TLS; callers use TLS towards the version only when every instance does.
+    mtls: bool = False
+    # The SPIFFE ID of the sidecar's certificate as the sidecar reported it; "" when it holds none.
+    spiffe_id: str = ""
 
     @property
     def host(self) -> str:

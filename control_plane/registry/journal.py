@@ -54,6 +54,8 @@ class RegistryJournal:
                         "healthy": i.healthy,
                         "zone": i.zone,
                         "admin_address": i.admin_address,
+                        "mtls": i.mtls,
+                        "spiffe_id": i.spiffe_id,
                     }
                 ),
                 i.manifest,

@@ -92,6 +92,8 @@ class Registry:
         zone: str = "",
         instance_id: str | None = None,
         admin_address: str = "",
+        mtls: bool = False,
+        spiffe_id: str = "",
     ) -> AgentInstance:
         """Adds or refreshes an instance (registration counts as a heartbeat); raises RegistryError."""
         split_address(address)
@@ -108,6 +110,8 @@ class Registry:
             manifest=manifest,
             zone=zone,
             admin_address=admin_address,
+            mtls=mtls,
+            spiffe_id=spiffe_id,
         )
         for other in list(self._instances.values()):
             if other.address == address and other.instance_id != instance.instance_id:

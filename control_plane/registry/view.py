@@ -3,7 +3,7 @@
 Translation (`control_plane/translate/`) reads plain data and knows no registry
 class; this is the one place that turns registered instances (and the
 manifests their sidecars sent) into that data: agents with their versions,
-instances (address, health, zone), services, methods and the methods every
+instances (address, health, zone, mTLS and reported SPIFFE ID), services, methods and the methods every
 version marks idempotent.
 """
 
@@ -29,7 +29,13 @@ def mesh_view(registry: Registry) -> MeshView:
 def _agent_view(name: str, instances: list[AgentInstance]) -> AgentView:
     versions: dict[str, tuple[InstanceView, ...]] = {}
     for instance in instances:
-        view = InstanceView(address=instance.address, healthy=instance.healthy, zone=instance.zone)
+        view = InstanceView(
+            address=instance.address,
+            healthy=instance.healthy,
+            zone=instance.zone,
+            mtls=instance.mtls,
+            spiffe_id=instance.spiffe_id,
+        )
         versions[instance.version] = (*versions.get(instance.version, ()), view)
     skills = _skills_by_version(instances)
     methods = sorted({method for per_version in skills.values() for method in per_version})

@@ -3,7 +3,8 @@
 `translate(policies, mesh) -> Resources` is the whole surface: the xDS server
 (control_plane.xds) serves what it returns. Modules follow the xDS types:
 listeners.py (proxyless and inbound), routes.py, clusters.py, endpoints.py,
-rbac.py (access), snapshot.py (the assembly). `translate_gateway` (gateway.py)
+rbac.py (access), tls.py (mTLS on clusters and the gateway listener),
+snapshot.py (the assembly). `translate_gateway` (gateway.py)
 builds what an Envoy gateway at the mesh edge gets from the same inputs. Nothing here imports grpc or
 sqlite; tests drive it with plain data (view.py).
 """

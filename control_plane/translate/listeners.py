@@ -27,9 +27,10 @@ from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 
-from control_plane.policy.model import CONFIG_HEADER_PREFIX, AccessPolicySpec
+from agentmesh.identity.spiffe import DEFAULT_TRUST_DOMAIN
+from control_plane.policy.model import CONFIG_HEADER_PREFIX
 from control_plane.translate._xds import ads_source, inbound_listener_name, pack, socket_address, split_address
-from control_plane.translate.rbac import rbac_filters
+from control_plane.translate.rbac import AgentAccess, rbac_filters
 from control_plane.translate.view import AgentView
 
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
@@ -77,7 +78,11 @@ def config_headers(values: Mapping[str, str]) -> list[base_pb2.HeaderValueOption
 
 
 def inbound_listener(
-    agent: AgentView, access: AccessPolicySpec | None, config: Mapping[str, str]
+    agent: AgentView,
+    access: AgentAccess | None,
+    config: Mapping[str, str],
+    *,
+    trust_domain: str = DEFAULT_TRUST_DOMAIN,
 ) -> listener_pb2.Listener:
     """`inbound/<agent>`: access control and config headers for calls the agent's sidecar receives."""
     name = inbound_listener_name(agent.name)
@@ -92,7 +97,7 @@ def inbound_listener(
     manager = hcm.HttpConnectionManager(
         stat_prefix=_stat_prefix(name),
         route_config=route_pb2.RouteConfiguration(name=name, virtual_hosts=[host]),
-        http_filters=[*rbac_filters(access), _router()],
+        http_filters=[*rbac_filters(access, trust_domain=trust_domain), _router()],
     )
     return listener_pb2.Listener(
         name=name,

@@ -13,7 +13,8 @@ target's TrafficPolicy, in this order for each policy route and match:
 A request no policy route matches falls through to a final catch-all route
 with the spec's split, timeout and retries; without a split, every version
 with instances gets an equal share (an agent), or the `service/<Service>`
-cluster of all implementations takes it (a service).
+cluster of all implementations takes it (a service; when implementations are
+reached over mTLS, their version clusters by instance count instead).
 
 Skills not marked idempotent are never retried unless the policy says
 `retry_non_idempotent: true`: before a route that retries and covers such
@@ -263,8 +264,16 @@ def service_route_config(
     spec: TrafficPolicySpec | None,
     policy_name: str,
     notes: list[str],
+    *,
+    by_agent: bool = False,
 ) -> route_pb2.RouteConfiguration:
-    """`service/<Service>`: routes to all implementations (`service/<Service>`) or a split across agents."""
+    """`service/<Service>`: routes to all implementations (`service/<Service>`) or a split across agents.
+
+    With `by_agent` the default goes to every implementation's live version
+    clusters, weighted by their instance counts, instead of the one
+    `service/<Service>` cluster (whose endpoints could not each be checked
+    against their own agent's identity).
+    """
     name = service_route_name(service)
     clusters: dict[tuple[str | None, str | None], list[str]] = {}
     for agent in implementers:
@@ -279,6 +288,12 @@ def service_route_config(
         if m.startswith(service + "/") and m not in agent.idempotent_methods
     }
     routes = _RouteList(pins={}, version_header=None, non_idempotent=non_idempotent)
-    default = ((service_cluster_name(service), 1),)
+    default: tuple[tuple[str, int], ...] = ((service_cluster_name(service), 1),)
+    if by_agent:
+        default = tuple(
+            (agent_cluster_name(agent.name, v), len(agent.versions[v]))
+            for agent in implementers
+            for v in agent.live_versions
+        )
     _policy_routes(routes, spec, policy_name, default, _Resolver(name, clusters, notes))
     return _virtual_host(name, service, routes.routes)

@@ -7,6 +7,13 @@ proxyless Listener `<name>` and the inbound Listener `inbound/<name>`. For each
 service some agent implements: a Cluster and assignment `service/<Service>`
 over every implementation, a RouteConfiguration and a Listener `<Service>`.
 
+A version cluster whose instances all accept mutual TLS carries a TLS
+transport socket naming the SPIFFE ID its endpoints must prove (tls.py; the
+trust domain is the control plane's). A service whose implementations are
+reached over mTLS routes over the implementing agents' version clusters
+(weighted by instance count), so each hop checks its own agent's identity,
+instead of one `service/<Service>` cluster that could expect only one.
+
 Policies for targets that are not registered produce nothing until they
 register. Whatever the translation had to leave out or drop is listed in
 `Resources.notes`, so the caller can log it. The result is consistent by
@@ -26,9 +33,10 @@ from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
 from google.protobuf.message import Message
 
+from agentmesh.identity.spiffe import DEFAULT_TRUST_DOMAIN, SpiffeId
 from control_plane.policy.model import (
+    MESH_WIDE,
     AccessPolicy,
-    AccessPolicySpec,
     AgentConfig,
     Policy,
     TrafficPolicy,
@@ -49,7 +57,9 @@ from control_plane.translate._xds import (
 from control_plane.translate.clusters import eds_cluster
 from control_plane.translate.endpoints import load_assignment
 from control_plane.translate.listeners import api_listener, inbound_listener
+from control_plane.translate.rbac import AgentAccess
 from control_plane.translate.routes import agent_route_config, service_route_config
+from control_plane.translate.tls import cluster_peers, upstream_tls_provider
 from control_plane.translate.view import MeshView
 
 # The order a consumer should receive types in (Envoy's "make before break" ordering for ADS).
@@ -70,6 +80,8 @@ class Resources:
     endpoints: Mapping[str, endpoint_pb2.ClusterLoadAssignment] = field(default_factory=dict)
     # What had to be left out or adjusted, for the operator's log.
     notes: tuple[str, ...] = ()
+    # Cluster name -> the SPIFFE ID its endpoints prove, for the clusters reached over mutual TLS.
+    peers: Mapping[str, SpiffeId] = field(default_factory=dict)
 
     def by_type_url(self) -> dict[str, Mapping[str, Message]]:
         """type URL -> {resource name -> message}, in TYPE_ORDER."""
@@ -114,9 +126,14 @@ class _Policies:
         policy = self._by_target.get(("TrafficPolicy", target))
         return policy.metadata.name if policy is not None else ""
 
-    def access(self, target: str) -> AccessPolicySpec | None:
-        policy = self._by_target.get(("AccessPolicy", target))
-        return policy.spec if isinstance(policy, AccessPolicy) else None
+    def access(self, target: str) -> AgentAccess | None:
+        """The agent's own AccessPolicy and the mesh-wide one, which every agent enforces."""
+        own = self._by_target.get(("AccessPolicy", target))
+        mesh_wide = self._by_target.get(("AccessPolicy", MESH_WIDE))
+        return AgentAccess.of(
+            own if isinstance(own, AccessPolicy) else None,
+            mesh_wide if isinstance(mesh_wide, AccessPolicy) else None,
+        )
 
     def config(self, target: str) -> Mapping[str, str]:
         policy = self._by_target.get(("AgentConfig", target))
@@ -127,7 +144,7 @@ class _Policies:
         return [(target, policy) for (_, target), policy in self._by_target.items()]
 
 
-def translate(policies: Iterable[Policy], mesh: MeshView) -> Resources:
+def translate(policies: Iterable[Policy], mesh: MeshView, *, trust_domain: str = DEFAULT_TRUST_DOMAIN) -> Resources:
     """Builds every xDS resource for `policies` (one version of the policy set) over the registered agents."""
     notes: list[str] = []
     index = _Policies(policies, notes)
@@ -135,31 +152,41 @@ def translate(policies: Iterable[Policy], mesh: MeshView) -> Resources:
     routes: dict[str, Message] = {}
     clusters: dict[str, Message] = {}
     endpoints: dict[str, Message] = {}
+    peers = cluster_peers(mesh.agents, trust_domain, notes)
 
     for agent in mesh.agents.values():
         spec = index.traffic(agent.name)
         for version in sorted(agent.versions):
             name = agent_cluster_name(agent.name, version)
-            clusters[name] = eds_cluster(name, spec)
+            cluster = eds_cluster(name, spec)
+            if name in peers:
+                cluster.transport_socket.CopyFrom(upstream_tls_provider(peers[name]))
+            clusters[name] = cluster
             endpoints[name] = load_assignment(name, agent.versions[version], notes)
         policy_name = index.traffic_name(agent.name)
         routes[agent_route_name(agent.name)] = agent_route_config(agent, spec, policy_name, notes)
         listeners[agent.name] = api_listener(agent.name, agent_route_name(agent.name))
         listeners[inbound_listener_name(agent.name)] = inbound_listener(
-            agent, index.access(agent.name), index.config(agent.name)
+            agent, index.access(agent.name), index.config(agent.name), trust_domain=trust_domain
         )
 
     for service in mesh.services:
         implementers = mesh.implementers(service)
         spec = index.traffic(service)
-        name = service_cluster_name(service)
-        clusters[name] = eds_cluster(name, spec)
-        endpoints[name] = load_assignment(name, [i for agent in implementers for i in agent.instances], notes)
+        by_agent = any(agent_cluster_name(a.name, v) in peers for a in implementers for v in a.versions)
+        if not by_agent:
+            name = service_cluster_name(service)
+            clusters[name] = eds_cluster(name, spec)
+            endpoints[name] = load_assignment(name, [i for agent in implementers for i in agent.instances], notes)
         policy_name = index.traffic_name(service)
-        routes[service_route_name(service)] = service_route_config(service, implementers, spec, policy_name, notes)
+        routes[service_route_name(service)] = service_route_config(
+            service, implementers, spec, policy_name, notes, by_agent=by_agent
+        )
         listeners[service] = api_listener(service, service_route_name(service))
 
     for target, policy in index.items():
+        if target == MESH_WIDE:
+            continue
         known = target in mesh.services if is_service_name(target) else target in mesh.agents
         if not known:
             notes.append(f"{policy.ref} waits: {target} is not registered")
@@ -170,4 +197,5 @@ def translate(policies: Iterable[Policy], mesh: MeshView) -> Resources:
         clusters=_frozen(clusters),
         endpoints=_frozen(endpoints),
         notes=tuple(notes),
+        peers=MappingProxyType(dict(sorted(peers.items()))),
     )

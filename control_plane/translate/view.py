@@ -17,13 +17,17 @@ DEFAULT_ZONE = "default"
 
 @dataclass(frozen=True)
 class InstanceView:
-    """One running instance of an agent version: its sidecar's inbound address and health."""
+    """One running instance of an agent version: its sidecar's inbound address, health and transport."""
 
     # host:port of the sidecar's inbound gRPC listener; an IP literal, or 'localhost'.
     address: str
     healthy: bool = True
     # Locality zone; instances without one share DEFAULT_ZONE.
     zone: str = ""
+    # The sidecar accepts mutual TLS (InstanceReport.mtls): callers use TLS when every instance of the version does.
+    mtls: bool = False
+    # The SPIFFE ID the sidecar reported for its certificate; "" when none.
+    spiffe_id: str = ""
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,8 @@ callables it is given, so a slow scrape never touches a call in flight.
     GET /readyz                        200, or 503 with the reason (readiness)
     GET /metrics                       Prometheus text, or OpenMetrics with exemplars
     GET /config_dump                   the effective configuration, as JSON (protos as proto3 JSON)
+    GET /identity                      the workload identity: mTLS on or off (and why), mode, SPIFFE ID,
+                                       certificate serial, validity and generation (never the key)
     GET /manifest                      the capability manifest: proto3 JSON, or binary
                                        with `Accept: application/x-protobuf`
     GET /.well-known/agent-card.json   the manifest as an A2A Agent Card
@@ -60,6 +62,7 @@ class AdminServer:
         config_dump: Callable[[], Mapping[str, object]],
         readiness: Callable[[], tuple[bool, str]],
         runtime_config: Callable[[], Mapping[str, str]] = dict,
+        identity: Callable[[], Mapping[str, object]] = lambda: {"mtls": False},
     ) -> None:
         self.host = host
         self.port = port
@@ -69,6 +72,7 @@ class AdminServer:
         self._config_dump = config_dump
         self._readiness = readiness
         self._runtime_config = runtime_config
+        self._identity = identity
         self._runner: web.AppRunner | None = None
 
     def __repr__(self) -> str:
@@ -85,6 +89,7 @@ class AdminServer:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/config_dump", self._config)
         app.router.add_get("/config", self._runtime)
+        app.router.add_get("/identity", self._identity_json)
         app.router.add_get("/manifest", self._manifest_json)
         app.router.add_get(AGENT_CARD_PATH, self._agent_card)
         app.router.add_get(LEGACY_AGENT_CARD_PATH, self._agent_card)
@@ -140,6 +145,9 @@ class AdminServer:
     async def _runtime(self, request: web.Request) -> web.Response:
         """AgentConfig values in force, as the agent receives them (x-agentmesh-config-<key>)."""
         return web.json_response(dict(self._runtime_config()))
+
+    async def _identity_json(self, request: web.Request) -> web.Response:
+        return web.json_response(dict(self._identity()))
 
     async def _config(self, request: web.Request) -> web.Response:
         body = json.dumps(self._config_dump(), indent=2, default=_json_value, ensure_ascii=False)

@@ -226,6 +226,52 @@ class ControlPlaneLink(_Strict):
     config_cache: Path | None = None
 
 
+IdentityMode = Literal["strict", "permissive"]
+
+
+class IdentityConfig(_Strict):
+    """The agent's workload identity: how the sidecar enrolls, where it keeps its key, how inbound treats plaintext.
+
+    mTLS is on when the sidecar has a control-plane link and either a join
+    token (`join_token`, `join_token_file` or the AGENTMESH_JOIN_TOKEN
+    environment variable) or an identity persisted in `dir` by an earlier run.
+    """
+
+    join_token: str | None = Field(default=None, min_length=1, repr=False)
+    join_token_file: Path | None = None
+    # Where the private key and certificates persist (mode 0700); default: a folder named after
+    # the agent and its inbound address next to the control plane link's config cache.
+    dir: Path | None = None
+    # strict: the inbound port accepts mutual TLS only. permissive: TLS and plaintext (migration).
+    mode: IdentityMode = "strict"
+
+    @field_validator("join_token_file", mode="before")
+    @classmethod
+    def _token_file(cls, value: Any, info: ValidationInfo) -> Path | None:
+        if value is None:
+            return None
+        path = _resolve(str(value), info)
+        if not path.is_file():
+            raise ValueError(f"not found: {path}")
+        return path
+
+    @field_validator("dir", mode="before")
+    @classmethod
+    def _dir(cls, value: Any, info: ValidationInfo) -> Path | None:
+        if value is None:
+            return None
+        path = _resolve(str(value), info)
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"not a folder: {path}")
+        return path
+
+    @model_validator(mode="after")
+    def _one_token_source(self) -> IdentityConfig:
+        if self.join_token is not None and self.join_token_file is not None:
+            raise ValueError("set at most one of 'join_token' or 'join_token_file'")
+        return self
+
+
 class Telemetry(_Strict):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = True
@@ -243,6 +289,7 @@ class Bootstrap(_Strict):
     limits: Limits = Limits()
     targets: tuple[StaticTarget, ...] = ()
     control_plane: ControlPlaneLink | None = None
+    identity: IdentityConfig = IdentityConfig()
     telemetry: Telemetry = Telemetry()
 
     @model_validator(mode="after")

@@ -1,9 +1,11 @@
 """The sidecar's registration with the control plane.
 
 One long-lived `Registration.Register` stream: the first report carries the
-manifest and the advertised inbound address, later reports the agent's
-health (at once on a change, otherwise every heartbeat interval the control
-plane asks for). A broken stream is reopened with exponential backoff and
+manifest, the advertised inbound address and whether the inbound listener
+speaks mutual TLS (`mtls`, with the certificate's `spiffe_id`; a sidecar with
+an identity registers only once it holds a certificate), later reports the
+agent's health (at once on a change, otherwise every heartbeat interval the
+control plane asks for). A broken stream is reopened with exponential backoff and
 jitter; the sidecar keeps serving meanwhile.
 """
 
@@ -17,6 +19,7 @@ from collections.abc import AsyncIterator, Callable
 
 import grpc
 
+from agentmesh.identity.material import IdentityMaterial
 from agentmesh.v1 import control_pb2, control_pb2_grpc, manifest_pb2
 
 log = logging.getLogger("agentmesh.sidecar.registration")
@@ -36,6 +39,7 @@ class Registrar:
         admin_address: str,
         zone: str,
         healthy: Callable[[], bool],
+        identity: Callable[[], IdentityMaterial | None] = lambda: None,
     ) -> None:
         self._target = control_plane
         self._manifest = manifest
@@ -43,6 +47,7 @@ class Registrar:
         self._admin_address = admin_address
         self._zone = zone
         self._healthy = healthy
+        self._identity = identity
         self._changed = asyncio.Event()
         self.registered = asyncio.Event()
         self.instance_id = ""
@@ -81,12 +86,15 @@ class Registrar:
     async def _reports(self) -> AsyncIterator[control_pb2.InstanceReport]:
         self._heartbeat = DEFAULT_HEARTBEAT
         self._changed.clear()  # the first report carries the current health
+        material = self._identity()
         yield control_pb2.InstanceReport(
             manifest=self._manifest,
             address=self._address,
             admin_address=self._admin_address,
             healthy=self._healthy(),
             zone=self._zone,
+            mtls=material is not None,
+            spiffe_id=material.spiffe_id.uri if material is not None else "",
         )
         while True:
             # A change that happened while the previous report was being sent is not lost:

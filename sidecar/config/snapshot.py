@@ -20,6 +20,7 @@ from typing import Literal
 import grpc
 
 from agentmesh.config.regex import Pattern
+from agentmesh.identity.spiffe import SpiffeId
 
 LbPolicy = Literal["least_request", "round_robin", "peak_ewma"]
 
@@ -170,6 +171,21 @@ class CircuitBreakers:
 
 
 @dataclass(frozen=True)
+class UpstreamTls:
+    """Cluster.transport_socket `envoy.transport_sockets.tls` (UpstreamTlsContext): mutual TLS to the upstream.
+
+    `identities` are the SPIFFE IDs the upstream's certificate may carry
+    (validation context `match_typed_subject_alt_names`, URI, exact); the
+    sidecar checks the one expected at an endpoint through its DNS name
+    (`SpiffeId.dns_name`, also the `sni`). The sidecar's own certificate and
+    trust bundle come from its identity, not from the cluster.
+    """
+
+    identities: tuple[SpiffeId, ...]
+    sni: str = ""
+
+
+@dataclass(frozen=True)
 class Cluster:
     """config.cluster.v3.Cluster (type EDS)."""
 
@@ -178,6 +194,8 @@ class Cluster:
     connect_timeout: float = 1.0
     outlier: OutlierDetection | None = None
     circuit_breakers: CircuitBreakers = CircuitBreakers()
+    # None: plaintext (no transport_socket, or raw_buffer).
+    tls: UpstreamTls | None = None
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,9 @@ listener update is NACKed rather than enforced differently):
   safe_regex with ignore_case, the deprecated `*_match` forms, present_match,
   invert_match, treat_missing_header_as_empty), `url_path`, `and_ids`,
   `or_ids`, `not_id`, `authenticated.principal_name` (matched against the
-  peer identity the caller proves, e.g. its mTLS URI SAN; without
-  principal_name any authenticated peer matches);
+  peer identity the caller proves: the SPIFFE ID of its mTLS certificate,
+  sidecar/filters/authn.py; without principal_name any authenticated peer
+  matches, and a caller without a certificate matches no `authenticated`);
 - permissions: `any`, `url_path.path`, `header` (`:path` is the call's
   path), `and_rules`, `or_rules`, `not_rule`.
 
@@ -42,7 +43,6 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from sidecar.errors import AccessDenied
-from sidecar.inbound.call import SOURCE_AGENT_HEADER
 
 Action = Literal["ALLOW", "DENY", "LOG"]
 _ACTIONS: dict[int, Action] = {0: "ALLOW", 1: "DENY", 2: "LOG"}
@@ -374,11 +374,13 @@ class RbacFilter:
         return decision
 
     def check(self, path: str, headers: Mapping[str, str], peer: str | None = None) -> Decision:
-        """Returns the (allowing) decision, or raises AccessDenied naming the policy that refused."""
+        """Returns the (allowing) decision, or raises AccessDenied naming the policy that refused.
+
+        `peer` is the caller's proven identity (its certificate's SPIFFE ID), None for a caller without one.
+        """
         decision = self.evaluate(path, headers, peer)
         if decision.allowed:
             return decision
         policy = decision.policy or DEFAULT_DENY
-        caller = headers.get(SOURCE_AGENT_HEADER)
-        who = f"agent {caller!r}" if caller else "an unidentified caller"
+        who = peer if peer is not None else "an unauthenticated caller"
         raise AccessDenied(f"access denied: {who} may not call {path} (policy {policy})", policy=policy)

@@ -15,7 +15,7 @@ from google.protobuf import json_format, struct_pb2
 from agentmesh.v1 import agent_pb2, agent_pb2_grpc, manifest_pb2
 from sidecar.contract import ContractSet, MethodContract
 from sidecar.errors import ContractViolation, MeshError, UnknownMethod
-from sidecar.inbound.call import SOURCE_AGENT_HEADER, InboundCall, Reply
+from sidecar.inbound.call import InboundCall, Reply
 from sidecar.inbound.chain import InboundChain
 from sidecar.status import abort
 
@@ -66,7 +66,7 @@ class AgentService(agent_pb2_grpc.AgentServicer):
             body=self._body(method, request),
             metadata=metadata,
             time_remaining=context.time_remaining(),
-            source_agent=metadata.get(SOURCE_AGENT_HEADER, "unknown"),
+            peer=self._chain.peer_of(context),
         )
 
     @staticmethod

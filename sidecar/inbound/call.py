@@ -10,7 +10,10 @@ from google.protobuf.message import Message
 from opentelemetry.context import Context
 
 from sidecar.contract import MethodContract
+from sidecar.filters.authn import PLAINTEXT, Peer
 
+# Identity claims a caller's sidecar sends. Claims only: access control reads the peer certificate
+# (InboundCall.peer); the inbound side sets SOURCE_AGENT_HEADER for the agent from that certificate.
 SOURCE_AGENT_HEADER = "x-agentmesh-source-agent"
 SOURCE_TEAM_HEADER = "x-agentmesh-source-team"
 
@@ -28,12 +31,18 @@ class InboundCall:
     metadata: Mapping[str, str]
     # Seconds the caller is still willing to wait (None: no deadline set).
     time_remaining: float | None
-    source_agent: str = "unknown"
+    # Who is calling, from the peer certificate (sidecar/filters/authn.py); never from headers.
+    peer: Peer = PLAINTEXT
     request: Message | None = None
     # The SERVER span's context, set when the call enters the chain.
     trace_context: Context | None = None
     # The access policy that refused the call, for the access log.
     denied_by: str | None = None
+
+    @property
+    def source_agent(self) -> str:
+        """The caller's agent name as its certificate proves it; "unknown" without one."""
+        return self.peer.source
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,11 +1,22 @@
 """The inbound chain, in path order:
 
-    tracing → admission (draining, agent down) → contract(in)
-    → upstream adapter → contract(out) → usage → metrics and access log
+    tracing → admission (draining, agent down) → authentication → access (RBAC)
+    → contract(in) → upstream adapter → contract(out) → usage → metrics and access log
 
 Built once per configuration by `InboundChain`; per-method stats children are
 resolved at build time, so a call only looks its method up. Steps raise
 domain errors (sidecar.errors); the listener maps them to a status.
+
+The caller is who its certificate says (`InboundChain.peer_of`, read once per
+call by the listener; sidecar/filters/authn.py): the RBAC principal, the
+`source_agent` of metrics, the `source`/`caller` of the access log and the
+`x-agentmesh-source-agent`/`-team` headers the agent receives. A call
+without TLS (permissive mode) has source `unknown` and is counted in
+`agentmesh_inbound_plaintext_requests_total`. Identity headers the caller
+sent are never used for any of these; when `x-agentmesh-source-agent` names
+someone other than the caller the certificate proves, the access log shows
+that claim as `claimed_source`, for spotting spoofing attempts and callers
+still to migrate.
 """
 
 from __future__ import annotations
@@ -15,6 +26,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any, NoReturn
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
@@ -25,17 +37,27 @@ from agentmesh.telemetry.logs import log_access
 from agentmesh.telemetry.tracing import inject, trace_ids
 from sidecar.config.bootstrap import Bootstrap
 from sidecar.contract import ContractSet, MessageChecker, MethodContract
-from sidecar.errors import AccessDenied, ContractViolation, Draining, MeshError, UpstreamUnavailable
+from sidecar.errors import (
+    AccessDenied,
+    ContractViolation,
+    Draining,
+    MeshError,
+    Unauthenticated,
+    UpstreamUnavailable,
+)
+from sidecar.filters.authn import AuthContextHolder, Peer, PeerReader
 from sidecar.filters.rbac import RbacFilter
 from sidecar.filters.tracing import CallTracer, end_span, record_usage
 from sidecar.filters.usage import UsageReader
-from sidecar.inbound.call import SOURCE_AGENT_HEADER, InboundCall, Reply
+from sidecar.inbound.call import SOURCE_AGENT_HEADER, SOURCE_TEAM_HEADER, InboundCall, Reply
 from sidecar.stats import RouteStats, SidecarStats
 from sidecar.upstream.base import Payload, UpstreamAdapter, UpstreamCall
 
 log = logging.getLogger("agentmesh.sidecar.inbound")
 
 CONFIG_HEADER_PREFIX = "x-agentmesh-config-"
+# The `policy` of a call refused because the caller's certificate names no agent of this mesh.
+AUTHENTICATION_POLICY = "builtin/authentication"
 
 
 @dataclass
@@ -67,6 +89,7 @@ class InboundChain:
         admission: Admission,
         access: Callable[[], RbacFilter | None] = lambda: None,
         runtime_headers: Callable[[], Mapping[str, str]] = dict,
+        peers: PeerReader | None = None,
     ) -> None:
         self._agent = bootstrap.agent
         self._upstream_timeout = bootstrap.upstream.timeout
@@ -79,6 +102,8 @@ class InboundChain:
         self._admission = admission
         self._runtime_headers = runtime_headers
         self._access = access
+        # Reads callers' certificates; the sidecar sets its trust domain once it has an identity.
+        self.peers = peers if peers is not None else PeerReader()
         self._tracer = CallTracer(agent=self._agent.name, version=self._agent.version, kind=SpanKind.SERVER)
         self._usage = {
             path: reader for path, m in contract.methods.items() if (reader := UsageReader.for_type(m.output))
@@ -92,6 +117,10 @@ class InboundChain:
             destination_version=self._agent.version,
             rpc_method=method.path,
         )
+
+    def peer_of(self, context: AuthContextHolder) -> Peer:
+        """The caller of a call, from its TLS peer certificate (the listener calls this once per call)."""
+        return self.peers.read(context)
 
     async def unary(self, call: InboundCall) -> Reply:
         with self._observed(call):
@@ -112,6 +141,8 @@ class InboundChain:
         """Metrics, SERVER span and access log around one call, whatever its outcome."""
         stats = self.route_stats(call.method, call.source_agent)
         span, call.trace_context = self._tracer.start(call.method.path, call.metadata)
+        if not call.peer.tls:
+            self._stats.inbound_plaintext()
         stats.start()
         started = time.perf_counter()
         code, error = "OK", None
@@ -131,6 +162,10 @@ class InboundChain:
             end_span(span, code, error)
             stats.finish(code, elapsed, trace_id=trace_id or None)
             if self._access_log:
+                claimed = call.metadata.get(SOURCE_AGENT_HEADER)
+                extra: dict[str, Any] = (
+                    {"claimed_source": claimed} if claimed is not None and claimed != call.source_agent else {}
+                )
                 log_access(
                     direction="inbound",
                     source=call.source_agent,
@@ -142,6 +177,8 @@ class InboundChain:
                     trace_id=trace_id,
                     span_id=span_id,
                     policy=call.denied_by or "",
+                    caller=call.peer.identity,
+                    **extra,
                 )
 
     def _count_usage(self, call: InboundCall, reply: Reply) -> None:
@@ -152,17 +189,18 @@ class InboundChain:
             record_usage(trace.get_current_span(call.trace_context), usage)
 
     def _admit(self, call: InboundCall) -> UpstreamCall:
-        """Admission and contract(in): the agent never sees a call that fails here."""
+        """Admission, authentication, access and contract(in): the agent never sees a call that fails here."""
         self._admission.check()
         method = call.method
+        peer = call.peer
+        if peer.refusal is not None:
+            self._refuse(call, Unauthenticated(f"unauthenticated: {peer.refusal}", policy=AUTHENTICATION_POLICY))
         access = self._access()
         if access is not None:
             try:
-                access.check(method.path, call.metadata)
+                access.check(method.path, call.metadata, peer.principal)
             except AccessDenied as exc:
-                self._stats.access_denied(call.source_agent, exc.policy)
-                call.denied_by = exc.policy
-                raise
+                self._refuse(call, exc)
         if isinstance(call.body, bytes):
             request = self._checker.parse(method, call.body, side="request")
             wire: bytes | None = call.body
@@ -177,6 +215,12 @@ class InboundChain:
             timeout=self._timeout(call),
             headers=self._headers(call),
         )
+
+    def _refuse(self, call: InboundCall, denial: AccessDenied) -> NoReturn:
+        """Counts and records a denial, then raises it."""
+        self._stats.access_denied(call.source_agent, denial.policy)
+        call.denied_by = denial.policy
+        raise denial
 
     def _contract_out(self, method: MethodContract, payload: Payload) -> Reply:
         try:
@@ -210,8 +254,11 @@ class InboundChain:
         return call.method.skill.timeout or self._upstream_timeout
 
     def _headers(self, call: InboundCall) -> dict[str, str]:
-        """Trace context of this call's SERVER span (so the agent's own calls nest under it)."""
+        """The caller as its certificate proves it, the trace context of this call's SERVER span (so the
+        agent's own calls nest under it) and the AgentConfig values."""
         headers: dict[str, str] = {SOURCE_AGENT_HEADER: call.source_agent}
+        if call.peer.spiffe_id is not None:
+            headers[SOURCE_TEAM_HEADER] = call.peer.spiffe_id.team
         inject(headers, call.trace_context)
         headers.update(self._runtime_headers())
         return headers

@@ -4,6 +4,14 @@ Typed methods are served by generic handlers built from the compiled contract;
 requests arrive as raw bytes so the contract step can reject malformed bytes
 and unknown fields before anything else decodes them. Message size and
 concurrency limits are grpc-core options (RESOURCE_EXHAUSTED beyond them).
+
+Transport: plaintext when the sidecar has no identity. With one, `strict`
+serves mutual TLS only on the public port (client certificates must chain to
+the trust bundle; the certificate follows rotation handshake by handshake);
+`permissive` serves TLS and plaintext on two loopback ports behind a front
+that tells them apart by the first byte (sidecar/inbound/detect.py). A caller
+refused in the handshake (plaintext to strict, a certificate of another CA,
+an expired one) sees UNAVAILABLE; grpc offers no hook to count those.
 """
 
 from __future__ import annotations
@@ -22,9 +30,12 @@ from sidecar.config.bootstrap import Limits
 from sidecar.config.snapshot import REPEATED_VALUE_SEPARATOR
 from sidecar.contract import ContractSet, MethodContract
 from sidecar.errors import MeshError, UnknownMethod
+from sidecar.identity import SidecarIdentity
 from sidecar.inbound.agent_service import AgentService
-from sidecar.inbound.call import SOURCE_AGENT_HEADER, InboundCall
+from sidecar.inbound.call import InboundCall
 from sidecar.inbound.chain import InboundChain
+from sidecar.inbound.detect import PermissiveFront
+from sidecar.stats import SidecarStats
 from sidecar.status import abort
 
 # Manifests and reflection answers carry whole descriptor sets; they may exceed
@@ -79,7 +90,7 @@ class _TypedHandlers(grpc.GenericRpcHandler):
                 body=request,
                 metadata=metadata,
                 time_remaining=context.time_remaining(),
-                source_agent=metadata.get(SOURCE_AGENT_HEADER, "unknown"),
+                peer=chain.peer_of(context),
             )
 
         if method.client_streaming:
@@ -157,13 +168,40 @@ class InboundServer:
         reflection.enable_server_reflection(
             [*names, reflection.SERVICE_NAME], self._server, pool=reflection_pool(contract)
         )
+        self._front: PermissiveFront | None = None
 
-    async def start(self, address: str) -> int:
-        port = self._server.add_insecure_port(address)
+    async def start(
+        self, address: str, *, identity: SidecarIdentity | None = None, stats: SidecarStats | None = None
+    ) -> int:
+        """Binds the public inbound address (plaintext, or mTLS per `identity.mode`); returns the bound port."""
+        if identity is None:
+            port = self._server.add_insecure_port(address)
+        elif identity.mode == "strict":
+            port = self._server.add_secure_port(address, identity.server_credentials())
+        else:
+            return await self._start_permissive(address, identity, stats)
         if port == 0:
             raise OSError(f"cannot listen on {address}")
         await self._server.start()
         return port
+
+    async def _start_permissive(self, address: str, identity: SidecarIdentity, stats: SidecarStats | None) -> int:
+        if stats is None:
+            raise ValueError("permissive mode needs the sidecar's stats (it counts plaintext connections)")
+        tls_port = self._server.add_secure_port("127.0.0.1:0", identity.server_credentials())
+        plaintext_port = self._server.add_insecure_port("127.0.0.1:0")
+        if tls_port == 0 or plaintext_port == 0:
+            raise OSError("cannot listen on loopback ports for permissive mode")
+        await self._server.start()
+        front = PermissiveFront(tls_port=tls_port, plaintext_port=plaintext_port, stats=stats)
+        host, _, port = address.rpartition(":")
+        try:
+            bound = await front.start(host.strip("[]"), int(port))
+        except OSError as exc:
+            await self._server.stop(None)
+            raise OSError(f"cannot listen on {address}: {exc.strerror or exc}") from exc
+        self._front = front
+        return bound
 
     async def set_serving(self, serving: bool) -> None:
         """grpc.health.v1 follows the agent's probe for "" and every agent service."""
@@ -172,4 +210,8 @@ class InboundServer:
             await self.health.set(name, status)
 
     async def stop(self, grace: float | None) -> None:
+        if self._front is not None:
+            self._front.stop_accepting()
         await self._server.stop(grace)
+        if self._front is not None:
+            await self._front.close()

@@ -1,9 +1,11 @@
 """Sends one call to a target sidecar's inbound listener, as raw bytes.
 
-Both egress listeners end here. gRPC failures from the peer become
-`PeerStatus` (code, message, field violations and the peer's trailers, so
-the gRPC egress can relay them unchanged); transport failures become
-NoRoute / UpstreamTimeout.
+Both egress listeners end here. The call holds its channel (plaintext, or
+mutual TLS to the identity the target must prove) from start to end, so a
+certificate rotation retires the channel without cutting the call. gRPC
+failures from the peer become `PeerStatus` (code, message, field violations
+and the peer's trailers, so the gRPC egress can relay them unchanged);
+transport failures become NoRoute / UpstreamTimeout.
 """
 
 from __future__ import annotations
@@ -78,23 +80,21 @@ class Forwarder:
     async def unary(
         self, target: Target, path: str, request: bytes, *, metadata: Mapping[str, str], timeout: float | None
     ) -> bytes:
-        call = self._directory.channel(target.address).unary_unary(
-            path, request_serializer=None, response_deserializer=None
-        )
-        with self._attempt(target, path, metadata) as context:
-            response: bytes = await call(request, metadata=self._outgoing(context), timeout=timeout)
+        with self._directory.lease(target) as channel:
+            call = channel.unary_unary(path, request_serializer=None, response_deserializer=None)
+            with self._attempt(target, path, metadata) as context:
+                response: bytes = await call(request, metadata=self._outgoing(context), timeout=timeout)
         return response
 
     async def stream(
         self, target: Target, path: str, request: bytes, *, metadata: Mapping[str, str], timeout: float | None
     ) -> AsyncGenerator[bytes, None]:
-        call = self._directory.channel(target.address).unary_stream(
-            path, request_serializer=None, response_deserializer=None
-        )
-        with self._attempt(target, path, metadata) as context:
-            responses = call(request, metadata=self._outgoing(context), timeout=timeout)
-            try:
-                async for chunk in responses:
-                    yield chunk
-            finally:
-                responses.cancel()
+        with self._directory.lease(target) as channel:
+            call = channel.unary_stream(path, request_serializer=None, response_deserializer=None)
+            with self._attempt(target, path, metadata) as context:
+                responses = call(request, metadata=self._outgoing(context), timeout=timeout)
+                try:
+                    async for chunk in responses:
+                        yield chunk
+                finally:
+                    responses.cancel()

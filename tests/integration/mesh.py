@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
+import json
 import sys
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,11 +14,15 @@ from typing import Any
 
 import grpc
 import yaml
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf import descriptor_pb2, descriptor_pool, duration_pb2, message_factory
 from google.protobuf.message import Message
 
 from agentmesh.protoc import compile_descriptor_set
+from agentmesh.v1 import control_pb2, control_pb2_grpc
+from tests.integration.controlplane import TOKEN
 from tests.integration.procs import AGENTMESH, EXAMPLES, Process, free_port, grpc_serving, http_ok, start, wait_for
+
+JOIN_TOKEN_ENV = "AGENTMESH_JOIN_TOKEN"
 
 
 @dataclass
@@ -59,6 +66,17 @@ class AgentUnderTest:
         for process in (self.sidecar, self.agent):
             if process is not None:
                 process.stop()
+
+    def restart_sidecar(self, tmp: Path, *, env: dict[str, str] | None = None, wait_ready: bool = True) -> Process:
+        """Stops the sidecar (SIGTERM, drained) and starts it again from the same agent.yaml."""
+        if self.sidecar is not None:
+            assert self.sidecar.stop() == 0, self.sidecar.output()
+        self.sidecar = start_sidecar(self.name, self.config, tmp, self.ports, wait_ready=wait_ready, env=env)
+        return self.sidecar
+
+    def identity(self) -> dict[str, Any]:
+        """The sidecar's /identity: mtls, mode, spiffe_id, serial, not_after, generation (or why it has none)."""
+        return admin_json(self.ports, "/identity")
 
 
 def write_config(
@@ -121,10 +139,23 @@ def agent_with_sidecar(
     version: str = "v1",
     start_agent: bool = True,
     sidecar_env: dict[str, str] | None = None,
+    join_token: str | None = None,
+    wait_ready: bool | None = None,
     **overrides: Any,
 ) -> Iterator[AgentUnderTest]:
+    """An example agent and its sidecar on free ports; with `join_token`, the sidecar enrolls and runs mTLS.
+
+    The token reaches the sidecar in its environment (AGENTMESH_JOIN_TOKEN); its identity is kept in
+    `<tmp>/<name>-<version>-<inbound port>.identity` unless `identity={"dir": ...}` says otherwise. Pass
+    `control_plane={"address": ...}` too: mTLS needs the control plane link. `wait_ready` (default: when the
+    agent is started) waits for the sidecar's /readyz.
+    """
     ports = SidecarPorts()
     agent_port = free_port()
+    if join_token is not None:
+        sidecar_env = {**(sidecar_env or {}), JOIN_TOKEN_ENV: join_token}
+        identity = {"dir": str(tmp / f"{name}-{version}-{ports.inbound}.identity"), **overrides.get("identity", {})}
+        overrides = {**overrides, "identity": identity}
     config = write_config(tmp, name, agent_port=agent_port, ports=ports, version=version, **overrides)
     under_test = AgentUnderTest(name, agent_port, ports, config)
     try:
@@ -145,7 +176,8 @@ def agent_with_sidecar(
                     what=f"{name} agent",
                     process=under_test.agent,
                 )
-        under_test.sidecar = start_sidecar(name, config, tmp, ports, wait_ready=start_agent, env=sidecar_env)
+        ready = start_agent if wait_ready is None else wait_ready
+        under_test.sidecar = start_sidecar(name, config, tmp, ports, wait_ready=ready, env=sidecar_env)
         yield under_test
     finally:
         under_test.stop()
@@ -178,6 +210,35 @@ class Messages:
         return message_factory.GetMessageClass(self.pool.FindMessageTypeByName(full_name))
 
 
+def admin_json(ports: SidecarPorts, path: str) -> dict[str, Any]:
+    """GET a JSON document from a sidecar's admin endpoint."""
+    with urllib.request.urlopen(f"{ports.admin_url}{path}", timeout=5) as response:
+        document: dict[str, Any] = json.loads(response.read())
+    return document
+
+
+def create_join_token(
+    control_plane: str,
+    agent: str,
+    *,
+    team: str = "examples",
+    ttl: datetime.timedelta = datetime.timedelta(minutes=10),
+    max_uses: int = 1,
+    admin_token: str = TOKEN,
+) -> str:
+    """A join token for `agent` of `team`, minted through the admin API of the control plane at `control_plane`."""
+    duration = duration_pb2.Duration()
+    duration.FromTimedelta(ttl)
+    request = control_pb2.CreateJoinTokenRequest(
+        agent=agent, team=team, ttl=duration, max_uses=max_uses, description="integration test"
+    )
+    with grpc.insecure_channel(control_plane) as channel:
+        token = control_pb2_grpc.ControlPlaneStub(channel).CreateJoinToken(
+            request, metadata=(("authorization", f"Bearer {admin_token}"),), timeout=10
+        )
+    return str(token.secret)
+
+
 def unary(channel: grpc.Channel, path: str, request: Message, response_cls: type[Message], **kwargs: Any) -> Message:
     call = channel.unary_unary(
         path, request_serializer=lambda m: m.SerializeToString(), response_deserializer=response_cls.FromString
@@ -190,4 +251,14 @@ def raw_unary(channel: grpc.Channel, path: str, data: bytes, **kwargs: Any) -> b
     return call(data, **kwargs)
 
 
-__all__ = ["AgentUnderTest", "Messages", "SidecarPorts", "agent_with_sidecar", "grpc_serving", "raw_unary", "unary"]
+__all__ = [
+    "AgentUnderTest",
+    "Messages",
+    "SidecarPorts",
+    "admin_json",
+    "agent_with_sidecar",
+    "create_join_token",
+    "grpc_serving",
+    "raw_unary",
+    "unary",
+]

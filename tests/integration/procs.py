@@ -23,6 +23,8 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from agentmesh.identity.delivery import envoy_sds_cluster
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "agents"
 AGENTMESH = [sys.executable, "-m", "agentmesh.cli"]
@@ -139,8 +141,12 @@ def envoy_binary() -> Path | None:
     return Path(found) if found else None
 
 
-def envoy_bootstrap(node_id: str, ads_port: int, admin_port: int = 0) -> dict[str, Any]:
-    """Only the ADS server and the admin port: everything else comes over xDS (docs/gateway.md)."""
+def envoy_bootstrap(node_id: str, ads_port: int, admin_port: int = 0, *, sds: str | None = None) -> dict[str, Any]:
+    """Only the ADS server and the admin port: everything else comes over xDS (docs/gateway.md).
+
+    With `sds` (an identity agent's `--sds-listen` address), also the static cluster `sds-grpc`
+    through which Envoy fetches its certificate for mTLS.
+    """
     http2 = {
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
             "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
@@ -169,7 +175,8 @@ def envoy_bootstrap(node_id: str, ads_port: int, admin_port: int = 0) -> dict[st
                     "connect_timeout": "1s",
                     "typed_extension_protocol_options": http2,
                     "load_assignment": {"cluster_name": "xds", "endpoints": [{"lb_endpoints": [xds_endpoint]}]},
-                }
+                },
+                *([envoy_sds_cluster(sds)] if sds else []),
             ]
         },
     }

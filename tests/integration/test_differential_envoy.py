@@ -3,9 +3,18 @@
 One control plane (with a gateway port) configures both consumers:
 
 - **Envoy 1.40** as the gateway node `gateway~test`; a call names its
-  destination with `:authority` and its caller with `x-agentmesh-source-agent`;
+  destination with `:authority` and proves its caller with that caller's
+  certificate (the gateway listener requires mTLS, `--gateway-mtls`; Envoy
+  holds the `gateway` identity of team `edge`, from `agentmesh
+  identity-agent` over SDS);
 - **our sidecar**: a caller sidecar's gRPC egress, with `x-agentmesh-target`
   naming the destination; the caller is the sidecar's own agent.
+
+Researchers and callers enroll with join tokens and run strict mTLS, so
+access rules compare certificate identities on both paths: Envoy's RBAC
+sees the caller's certificate, the researcher's sidecar sees the caller's
+(or, behind Envoy, the gateway's: each access policy allows the gateway,
+which enforces the caller's access itself, as an Istio ingress does).
 
 Both route to the same backends, real processes behind sidecars registered
 with the control plane: the researcher example at v1 and v2 (its reply's
@@ -27,6 +36,7 @@ import contextlib
 import math
 import os
 import re
+import tempfile
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -38,12 +48,15 @@ import grpc
 import pytest
 import yaml
 
+from agentmesh.identity.files import read_material
+from agentmesh.identity.spiffe import SpiffeId
 from tests.integration.admin import Admin, node_id, policy_version
 from tests.integration.backends import ECHO, WRITE, ProbeBackend, probe_messages, probe_with_sidecar
 from tests.integration.controlplane import ControlPlaneProcess
-from tests.integration.mesh import AgentUnderTest, Messages, agent_with_sidecar
+from tests.integration.mesh import AgentUnderTest, Messages, agent_with_sidecar, create_join_token
 from tests.integration.procs import Process, envoy_binary, free_port, http_ok, wait_for
 from tests.integration.test_envoy_gateway import NODE_ID, start_envoy
+from tests.integration.test_proxyless_mtls import IdentityAgentProcess
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -51,8 +64,8 @@ SEARCH = "/research.v1.Researcher/Search"
 MODEL_VERSION = {"research-sim-1": "v1", "research-sim-2": "v2"}
 ENVOY, AGENTMESH = "envoy", "agentmesh"
 VIAS = (ENVOY, AGENTMESH)
-SOURCE_AGENT = "x-agentmesh-source-agent"
-SOURCE_TEAM = "x-agentmesh-source-team"
+TEAM = "examples"
+GATEWAY = SpiffeId("agentmesh.local", "edge", "gateway")
 TARGET = "x-agentmesh-target"
 SYNC_TIMEOUT = 30.0
 # Acceptance region of the split counts: a correct 80/20 split falls outside it once in 1000 runs.
@@ -126,7 +139,9 @@ class Differential:
     messages: Messages
     envoy_admin: int
     admin: Admin
-    _channels: dict[tuple[str, str], grpc.Channel] = field(default_factory=dict)
+    # Caller agent -> the folder its sidecar keeps its key and certificates in.
+    identities: dict[str, Path] = field(default_factory=dict)
+    _channels: dict[tuple[str, str, str], grpc.Channel] = field(default_factory=dict)
 
     # policy ------------------------------------------------------------------------------------
 
@@ -153,14 +168,17 @@ class Differential:
 
         The server sends a type only when its resources changed for that node, so a node is
         in sync when no type awaits an ACK. Every policy here changes the gateway's route
-        configuration, so the gateway having ACKed the current snapshot shows the push went out.
+        configuration, so the gateway having ACKed a snapshot of that policy version shows the
+        push went out.
         """
         status = self.admin.proxy_status()
-        snapshot = status.snapshot_version
-        if policy_version(snapshot) < version:
+        if policy_version(status.snapshot_version) < version:
             return False
         proxies = {p.node_id: p for p in status.proxies}
-        if NODE_ID not in proxies or snapshot not in {r.acked_version for r in proxies[NODE_ID].resources}:
+        # Not the snapshot version itself: a registry change that leaves every resource as it was (a
+        # health flap within one coalescing window) publishes a new version that nobody is sent.
+        acked = {policy_version(r.acked_version) for r in proxies[NODE_ID].resources} if NODE_ID in proxies else set()
+        if max(acked, default=-1) < version:
             return False
         return all(
             node in proxies
@@ -187,15 +205,21 @@ class Differential:
 
     # traffic -----------------------------------------------------------------------------------
 
-    def _channel(self, via: str, key: str) -> grpc.Channel:
-        channel = self._channels.get((via, key))
+    def _channel(self, via: str, key: str, caller: str = "") -> grpc.Channel:
+        """Through Envoy: to authority `key` with `caller`'s certificate. Through a sidecar: `key`'s egress."""
+        channel = self._channels.get((via, key, caller))
         if channel is None:
             if via == ENVOY:
-                options = [("grpc.default_authority", key)]
-                channel = grpc.insecure_channel(f"127.0.0.1:{self.gateway_port}", options=options)
+                options = [("grpc.default_authority", key), ("grpc.ssl_target_name_override", GATEWAY.dns_name)]
+                material = read_material(self.identities[caller])
+                assert material is not None, f"{caller} holds no identity in {self.identities[caller]}"
+                credentials = grpc.ssl_channel_credentials(
+                    material.trust_bundle_pem, material.private_key_pem, material.certificate_chain_pem
+                )
+                channel = grpc.secure_channel(f"127.0.0.1:{self.gateway_port}", credentials, options=options)
             else:
                 channel = grpc.insecure_channel(f"127.0.0.1:{self.callers[key].ports.egress_grpc}")
-            self._channels[(via, key)] = channel
+            self._channels[(via, key, caller)] = channel
         return channel
 
     def call(
@@ -212,8 +236,8 @@ class Differential:
         """One unary call to agent `target` through Envoy (as `caller`) or through `caller`'s sidecar egress."""
         extra: tuple[tuple[str, str], ...]
         if via == ENVOY:
-            # What a caller's sidecar would assert: its agent name and team.
-            channel, extra = self._channel(ENVOY, target), ((SOURCE_AGENT, caller), (SOURCE_TEAM, "examples"))
+            # The caller is whom its certificate names, as for its sidecar's calls.
+            channel, extra = self._channel(ENVOY, target, caller), ()
         else:
             channel, extra = self._channel(AGENTMESH, caller), ((TARGET, target),)
         stub = channel.unary_unary(path, request_serializer=None, response_deserializer=None)
@@ -274,15 +298,29 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Differential]:
     tmp = tmp_path_factory.mktemp("differential")
     gateway_port, admin = free_port(), free_port()
     with contextlib.ExitStack() as stack:
-        control_plane = ControlPlaneProcess(tmp, tmp / "cp.db", "--gateway-port", str(gateway_port))
+        control_plane = ControlPlaneProcess(tmp, tmp / "cp.db", "--gateway-port", str(gateway_port), "--gateway-mtls")
         stack.callback(control_plane.process.stop)
 
         def link(name: str) -> dict[str, str]:
             return {"address": control_plane.address, "config_cache": str(tmp / f"xds-{name}.json")}
 
+        identities = {
+            name: tmp / f"{name}.identity" for name in ("researcher-v1", "researcher-v2", "planner", "writer")
+        }
+
+        def enrolled(name: str, key: str) -> dict[str, Any]:
+            """A sidecar running strict mTLS with a fresh join token, its identity kept at identities[key]."""
+            return {
+                "join_token": create_join_token(control_plane.address, name, team=TEAM, max_uses=2),
+                "identity": {"dir": str(identities[key])},
+                "control_plane": link(key),
+            }
+
         researchers = {
             version: stack.enter_context(
-                agent_with_sidecar(tmp, "researcher", version=version, control_plane=link(f"researcher-{version}"))
+                agent_with_sidecar(
+                    tmp, "researcher", version=version, **enrolled("researcher", f"researcher-{version}")
+                )
             )
             for version in ("v1", "v2")
         }
@@ -293,7 +331,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Differential]:
             for instance, version in (("a", "v1"), ("b", "v1"), ("c", "v2"))
         }
         callers = {
-            name: stack.enter_context(agent_with_sidecar(tmp, name, control_plane=link(name)))
+            name: stack.enter_context(agent_with_sidecar(tmp, name, **enrolled(name, name)))
             for name in ("planner", "writer")
         }
         api = Admin(control_plane.address)
@@ -301,11 +339,26 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Differential]:
         # Every instance registered and healthy, so both consumers see the same endpoints from the start.
         wait_for(lambda: api.healthy_instances("researcher") == {"v1": 1, "v2": 1}, what="researchers healthy")
         wait_for(lambda: api.healthy_instances("probe") == {"v1": 2, "v2": 1}, what="probes healthy")
-        envoy = start_envoy(binary, control_plane, admin, tmp)
+        # Envoy's identity, over SDS on a unix socket (its path must stay under 108 bytes: not in tmp).
+        sockets = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="am-sds-")))
+        gateway_token = create_join_token(control_plane.address, GATEWAY.agent, team=GATEWAY.team)
+        sds = IdentityAgentProcess.start("gateway", control_plane, tmp, token=gateway_token, sds=f"unix:{sockets}/sds")
+        stack.callback(sds.stop)
+        envoy = start_envoy(binary, control_plane, admin, tmp, sds=sds.sds)
         stack.callback(envoy.stop)
         wait_for(lambda: http_ok(f"http://127.0.0.1:{admin}/ready"), what="Envoy initialized", process=envoy)
         found = Differential(
-            tmp, control_plane, envoy, gateway_port, researchers, probes, callers, Messages(), admin, api
+            tmp,
+            control_plane,
+            envoy,
+            gateway_port,
+            researchers,
+            probes,
+            callers,
+            Messages(),
+            admin,
+            api,
+            identities={name: identities[name] for name in callers},
         )
         stack.callback(found.close)
         found.wait_synced(0)
@@ -578,11 +631,16 @@ def test_ejection_after_a_cluster_change(mesh: Differential, probes: dict[str, P
 # --- access ------------------------------------------------------------------------------------
 
 
+# Behind Envoy, the researcher's sidecar sees the gateway's certificate; Envoy has already enforced
+# the policy on the caller's, so each policy lets the gateway through (team edge, not examples).
+VIA_GATEWAY = {"name": "via-gateway", "action": "allow", "from": {"agents": [GATEWAY.agent]}}
+
+
 def access(default: str, *rules: dict[str, Any]) -> dict[str, Any]:
     return {
         "kind": "AccessPolicy",
         "metadata": {"name": "researcher-access"},
-        "spec": {"target": "researcher", "default_action": default, "rules": list(rules)},
+        "spec": {"target": "researcher", "default_action": default, "rules": [*rules, VIA_GATEWAY]},
     }
 
 
@@ -607,6 +665,11 @@ ACCESS_CASES = {
         {"name": "planner-only", "action": "allow", "from": {"agents": ["planner"]}},
     ),
 }
+ALLOWED = {
+    "allow planner, deny writer (default deny)": {"planner"},
+    "allow planner, deny team examples (deny wins)": set(),
+    "allow planner only (default deny)": {"planner"},
+}
 
 
 @pytest.mark.parametrize("case", list(ACCESS_CASES))
@@ -624,6 +687,11 @@ def test_access_policy(mesh: Differential, case: str) -> None:
     outcomes = each_via(run)
     mesh.record("access", case, outcomes)
     assert outcomes[ENVOY] == outcomes[AGENTMESH]
+    # Callers are whom their certificates name, on both paths.
+    assert outcomes[AGENTMESH] == {
+        caller: Counter(OK=5) if caller in ALLOWED[case] else Counter(PERMISSION_DENIED=5)
+        for caller in ("planner", "writer")
+    }
 
 
 # --- Envoy and the control plane ---------------------------------------------------------------

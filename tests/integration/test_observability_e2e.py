@@ -43,7 +43,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dashboards import generate
 from tests.integration.controlplane import ControlPlaneProcess
-from tests.integration.mesh import AgentUnderTest, Messages, agent_with_sidecar, unary
+from tests.integration.mesh import AgentUnderTest, Messages, agent_with_sidecar, create_join_token, unary
 from tests.integration.procs import wait_for
 from tests.integration.prometheus_server import (
     PROMETHEUS,
@@ -401,18 +401,37 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObservedMesh]
             running_prometheus(tmp, prometheus_config(f"127.0.0.1:{control_plane.http_port}"))
         )
         link = {"address": control_plane.address}
+
+        def token(agent: str) -> str:
+            return create_join_token(control_plane.address, agent)
+
+        # mTLS between the sidecars: access rules act on certificate identities. The planner's listener is
+        # permissive, since the test calls it without a certificate.
         agents = {
             ("researcher", "v1"): stack.enter_context(
-                agent_with_sidecar(tmp, "researcher", version="v1", control_plane=link, slo={"availability": 0.995})
+                agent_with_sidecar(
+                    tmp,
+                    "researcher",
+                    version="v1",
+                    control_plane=link,
+                    join_token=token("researcher"),
+                    slo={"availability": 0.995},
+                )
             ),
             ("researcher", "v2"): stack.enter_context(
-                agent_with_sidecar(tmp, "researcher", version="v2", control_plane=link)
+                agent_with_sidecar(tmp, "researcher", version="v2", control_plane=link, join_token=token("researcher"))
             ),
             # Probed once an hour: when the agent stops, its sidecar keeps forwarding and calls fail.
             ("writer", "v1"): stack.enter_context(
-                agent_with_sidecar(tmp, "writer", control_plane=link, health={"interval": "1h"})
+                agent_with_sidecar(
+                    tmp, "writer", control_plane=link, join_token=token("writer"), health={"interval": "1h"}
+                )
             ),
-            ("planner", "v1"): stack.enter_context(agent_with_sidecar(tmp, "planner", control_plane=link)),
+            ("planner", "v1"): stack.enter_context(
+                agent_with_sidecar(
+                    tmp, "planner", control_plane=link, join_token=token("planner"), identity={"mode": "permissive"}
+                )
+            ),
         }
         planner = agents["planner", "v1"]
         clusters = ("agent/researcher/v1", "agent/researcher/v2", "agent/writer/v1")
@@ -517,7 +536,9 @@ def test_every_rule_is_healthy(observed: ObservedMesh) -> None:
 
 def test_denials_name_the_policy(observed: ObservedMesh) -> None:
     denied = observed.prometheus.query('agentmesh_access_denied_total{destination_agent="researcher"}')
-    assert {(s["metric"]["source_agent"], s["metric"]["policy"]) for s in denied} == {("writer", DENY_POLICY)}
+    # The writer is named by its certificate; the policy as `<AccessPolicy>/<rule>`.
+    expected = {("writer", f"researcher-access/{DENY_POLICY}")}
+    assert {(s["metric"]["source_agent"], s["metric"]["policy"]) for s in denied} == expected
 
 
 def test_exemplars_carry_the_calls_trace_ids(observed: ObservedMesh) -> None:

@@ -188,6 +188,8 @@ def three_agents(tmp_path: Path) -> Iterator[tuple[dict[str, Any], dict[str, Sid
                 "command": argv[name],
                 "sidecar": str(configs[name]),
                 "env": {"AGENTMESH_EGRESS_HTTP": "{egress_http}"},
+                # The test calls these two from outside the mesh, in plaintext; the writer stays strict.
+                **({"mtls": "permissive"} if name in ("researcher", "planner") else {}),
             }
             for name in ports
         ],
@@ -229,6 +231,21 @@ def test_up_runs_control_plane_agents_policies_and_supervision_then_stops_cleanl
         assert int(stored["version"]) >= 1
         assert {d["kind"] for d in stored["items"]} == {"AccessPolicy", "AgentConfig"}
         assert up.status()["policy_version"] >= 1
+
+        # Every sidecar enrolled with the join token up minted for it: mTLS between sidecars.
+        for name, mode in (("researcher", "permissive"), ("writer", "strict"), ("planner", "permissive")):
+            identity = json_get(f"{ports[name].admin_url}/identity")
+            assert (identity["mtls"], identity["mode"]) == (True, mode), identity
+            assert identity["spiffe_id"] == f"spiffe://agentmesh.local/team/examples/agent/{name}"
+        # The strict writer takes `agentmesh call` with up's client identity, and refuses plaintext.
+        assert "client identity spiffe://agentmesh.local/team/operators/agent/agentmesh-cli" in output
+        drafted = up.cli("call", "writer", "Draft", "--json", '{"topic": "tides"}', "-f", str(up.mesh_file))
+        assert drafted.returncode == 0, drafted.stderr
+        assert json.loads(drafted.stdout)["text"]
+        plaintext = up.cli(
+            "call", "writer", "Draft", "--json", '{"topic": "tides"}', "--address", ports["writer"].inbound_address
+        )
+        assert plaintext.returncode == 1 and "hint: a sidecar with mTLS strict refuses plaintext" in plaintext.stderr
 
         # Calls: the planner reaches researcher and writer through routes from the control plane.
         messages = Messages()
@@ -306,6 +323,7 @@ def test_up_scales_replicas_up_under_load_and_drains_them_when_quiet(tmp_path: P
                 "command": ["{python}", str(EXAMPLES / "researcher" / "agent.py"), "--port", "{port}"],
                 "sidecar": str(config),
                 "replicas": {"min": 1, "max": 3},
+                "mtls": "permissive",  # the load comes from outside the mesh, in plaintext
             }
         ],
     }

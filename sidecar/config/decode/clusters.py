@@ -1,7 +1,12 @@
 """CDS: `Cluster` -> `Cluster`, the balancing, ejection and circuit-breaking of one upstream.
 
 Only EDS clusters over ADS are supported (the sidecar balances over endpoints
-the control plane sends; it resolves no DNS and speaks plaintext gRPC).
+the control plane sends; it resolves no DNS). Upstreams speak plaintext gRPC,
+or mutual TLS when the cluster has an `envoy.transport_sockets.tls`
+transport socket: its UpstreamTlsContext names the SPIFFE IDs the upstream
+must prove (URI SAN matchers, exact) and the SNI; where certificates come
+from (certificate provider instances, SDS) is for other consumers, the
+sidecar uses its own identity.
 Fields left unset take Envoy's defaults, not the dataclass defaults:
 connect_timeout 5 s; outlier detection 5 consecutive errors, 10 s interval,
 30 s base ejection, max ejection max(300 s, base), 10 % max ejected,
@@ -22,8 +27,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, tls_pb2
+from google.protobuf.message import DecodeError as ProtoDecodeError
+
+from agentmesh.identity.spiffe import InvalidSpiffeId, SpiffeId
 from sidecar.config.decode._proto import DecodeError, percent, seconds, uint
-from sidecar.config.snapshot import CircuitBreakers, Cluster, LbPolicy, OutlierDetection
+from sidecar.config.snapshot import CircuitBreakers, Cluster, LbPolicy, OutlierDetection, UpstreamTls
 
 _EXT = "type.googleapis.com/envoy.extensions.load_balancing_policies."
 PEAK_EWMA_TYPE = "type.googleapis.com/agentmesh.v1.PeakEwmaLoadBalancer"
@@ -45,6 +54,8 @@ _ENUM_POLICIES: dict[int, LbPolicy] = {
 _EDS = 3  # Cluster.DiscoveryType.EDS
 _DEFAULT_PRIORITY = 0  # config.core.v3.RoutingPriority.DEFAULT
 _RAW_BUFFER = "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
+_UPSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+_SAN_URI = common_pb2.SubjectAltNameMatcher.URI
 
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_MAX_EJECTION_TIME = 300.0
@@ -74,7 +85,7 @@ def decode_cluster(cluster: Any) -> EdsCluster:
         raise DecodeError(f"eds_cluster_config.eds_config is {what}: endpoints must come over ADS")
     if cluster.HasField("lb_subset_config"):
         raise DecodeError("lb_subset_config is not supported")
-    _plaintext(cluster)
+    tls = _transport(cluster)
     connect_timeout = DEFAULT_CONNECT_TIMEOUT
     if cluster.HasField("connect_timeout"):
         connect_timeout = seconds(cluster.connect_timeout, "connect_timeout")
@@ -86,18 +97,77 @@ def decode_cluster(cluster: Any) -> EdsCluster:
         connect_timeout=connect_timeout,
         outlier=_outlier(cluster.outlier_detection) if cluster.HasField("outlier_detection") else None,
         circuit_breakers=_circuit_breakers(cluster.circuit_breakers),
+        tls=tls,
     )
     return EdsCluster(decoded, cluster.eds_cluster_config.service_name or cluster.name)
 
 
-def _plaintext(cluster: Any) -> None:
+def _transport(cluster: Any) -> UpstreamTls | None:
+    """Cluster.transport_socket: None for plaintext (unset or raw_buffer), else the upstream's mTLS identity."""
     if len(cluster.transport_socket_matches):
-        raise DecodeError("transport_socket_matches is not supported: upstreams are plaintext")
-    if cluster.HasField("transport_socket"):
-        socket = cluster.transport_socket
-        if socket.typed_config.type_url != _RAW_BUFFER:
-            what = socket.typed_config.type_url or socket.name
-            raise DecodeError(f"transport_socket {what} is not supported: upstreams are plaintext")
+        raise DecodeError("transport_socket_matches is not supported: use transport_socket")
+    if not cluster.HasField("transport_socket"):
+        return None
+    socket = cluster.transport_socket
+    type_url = socket.typed_config.type_url
+    if type_url == _RAW_BUFFER:
+        return None
+    if type_url != _UPSTREAM_TLS:
+        what = type_url or f"{socket.name or 'unnamed'} without typed_config"
+        raise DecodeError(f"transport_socket: {what} is not supported (only raw_buffer and UpstreamTlsContext)")
+    context = tls_pb2.UpstreamTlsContext()
+    try:
+        context.ParseFromString(socket.typed_config.value)
+    except ProtoDecodeError as exc:
+        raise DecodeError(f"transport_socket.typed_config: cannot parse the UpstreamTlsContext: {exc}") from None
+    return _upstream_tls(context, "transport_socket.typed_config")
+
+
+def _upstream_tls(context: Any, base: str) -> UpstreamTls:
+    common = context.common_tls_context
+    at = base
+    kind = common.WhichOneof("validation_context_type")
+    if kind == "combined_validation_context":
+        validation, at = (
+            common.combined_validation_context.default_validation_context,
+            f"{at}.common_tls_context.combined_validation_context.default_validation_context",
+        )
+    elif kind == "validation_context":
+        validation, at = common.validation_context, f"{at}.common_tls_context.validation_context"
+    else:
+        raise DecodeError(
+            f"{at}.common_tls_context: no validation_context or combined_validation_context: "
+            "the sidecar verifies upstreams by SPIFFE ID (match_typed_subject_alt_names)"
+        )
+    # As in Envoy, the older untyped list (kept for gRPC's xDS client) counts only when the typed one is empty.
+    if len(validation.match_typed_subject_alt_names):
+        field = "match_typed_subject_alt_names"
+        matchers = [
+            (m.matcher, f"[{i}].matcher")
+            for i, m in enumerate(validation.match_typed_subject_alt_names)
+            if m.san_type == _SAN_URI
+        ]  # DNS names say the same in another form; the URI is the identity
+    else:
+        field = "match_subject_alt_names"
+        matchers = [(m, f"[{i}]") for i, m in enumerate(validation.match_subject_alt_names)]
+    identities: list[SpiffeId] = []
+    for matcher, index in matchers:
+        where = f"{at}.{field}{index}"
+        pattern = matcher.WhichOneof("match_pattern")
+        if pattern != "exact" or matcher.ignore_case:
+            what = "exact with ignore_case" if pattern == "exact" else pattern
+            raise DecodeError(f"{where}: only a case-sensitive exact match of a SPIFFE ID is supported, not {what}")
+        try:
+            identities.append(SpiffeId.parse(matcher.exact))
+        except InvalidSpiffeId as exc:
+            raise DecodeError(f"{where}.exact: {exc}") from None
+    if not identities:
+        raise DecodeError(f"{at}.match_typed_subject_alt_names: no URI matcher names the SPIFFE ID to expect")
+    sni = context.sni
+    if sni and all(sni != identity.dns_name for identity in identities):
+        expected = ", ".join(identity.dns_name for identity in identities)
+        raise DecodeError(f"{base}.sni: {sni!r} is not the DNS name of an expected identity ({expected})")
+    return UpstreamTls(tuple(identities), sni)
 
 
 def _lb_policy(cluster: Any) -> LbPolicy:

@@ -13,6 +13,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from agentmesh.config import ConfigError, ConfigIssue
 from agentmesh.v1 import control_pb2, control_pb2_grpc
+from control_plane.access.roles import BOOTSTRAP_NAME
 from control_plane.policy.store import PolicyStoreError
 from control_plane.xds.ack_tracker import SyncStatus
 from control_plane.xds.snapshot import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
@@ -129,7 +130,7 @@ async def test_apply_stores_a_new_version_and_announces_it(admin: AdminHarness, 
     assert list(change.warnings) == []
     assert "+++ b/TrafficPolicy/researcher-canary" in change.diff
     assert admin.changes == [1]
-    assert admin.store.history()[0].author == "alice"
+    assert admin.store.history()[0].author == BOOTSTRAP_NAME
     assert admin.store.history()[0].message == "first"
 
 
@@ -280,10 +281,11 @@ async def test_a_conflict_found_by_the_store_is_invalid_argument(
     assert bad_request(error) == [("TrafficPolicy/b spec.target", "researcher already has one")]
 
 
-async def test_an_anonymous_change_is_recorded_as_unknown(admin: AdminHarness, api: Admin):
-    await apply(api, ("canary.yaml", canary()), author="")
+@pytest.mark.parametrize("claimed", ["", "mallory"])
+async def test_the_author_is_the_credential_whatever_the_request_claims(admin: AdminHarness, api: Admin, claimed: str):
+    await apply(api, ("canary.yaml", canary()), author=claimed)
 
-    assert admin.store.history()[0].author == "unknown"
+    assert admin.store.history()[0].author == BOOTSTRAP_NAME
 
 
 # --- GetPolicies --------------------------------------------------------------------------------------------------
@@ -353,7 +355,7 @@ async def test_delete_removes_one_policy(admin: AdminHarness, api: Admin):
     )
     assert (change.version, refs(change.removed)) == (2, ["AgentConfig/researcher-config"])
     assert admin.changes == [1, 2]
-    assert admin.store.history()[0].author == "bob"
+    assert admin.store.history()[0].author == BOOTSTRAP_NAME
 
 
 @pytest.mark.parametrize(
@@ -380,8 +382,8 @@ async def test_history_lists_versions_newest_first(api: Admin):
     history = await api.PolicyHistory(control_pb2.PolicyHistoryRequest())
 
     assert [(v.version, v.author, v.message) for v in history.versions] == [
-        (2, "bob", "canary 50%"),
-        (1, "alice", "canary 10%"),
+        (2, BOOTSTRAP_NAME, "canary 50%"),
+        (1, BOOTSTRAP_NAME, "canary 10%"),
     ]
     assert refs(history.versions[0].changed) == ["TrafficPolicy/researcher-canary"]
     assert refs(history.versions[1].added) == ["TrafficPolicy/researcher-canary"]

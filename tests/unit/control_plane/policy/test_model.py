@@ -46,7 +46,9 @@ def test_defaults_follow_the_documented_values() -> None:
     assert retries.backoff.base_interval == pytest.approx(0.025)
     assert retries.backoff.effective_max == pytest.approx(0.25)
     access = AccessPolicy.model_validate({"metadata": {"name": "a"}, "spec": {"target": "researcher"}})
-    assert access.spec.default_action == "deny"
+    # Unset: the mesh-wide policy's default_action, else deny (control_plane.translate.rbac.AgentAccess).
+    assert access.spec.default_action is None
+    assert not access.spec.mesh_wide
 
 
 @pytest.mark.parametrize(

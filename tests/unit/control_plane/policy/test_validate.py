@@ -289,7 +289,7 @@ def test_complete_documents_in_the_docs_are_valid() -> None:
     text = (EXAMPLES.parents[1] / "docs" / "policy.md").read_text()
     blocks = [b.split("```", 1)[0] for b in text.split("```yaml\n")[1:]]
     complete = [b for b in blocks if b.startswith("apiVersion: agentmesh.io/v1") and "target:" in b]
-    assert len(complete) == 3
+    assert len(complete) == 4
     for block in complete:
         documents, issues = parse_documents(block, "docs/policy.md")
         assert issues == [] and len(documents) == 1

@@ -59,3 +59,23 @@ def test_an_unreadable_manifest_is_skipped_with_a_warning(caplog: pytest.LogCapt
 
 def test_an_empty_registry_is_an_empty_view():
     assert dict(mesh_view(Registry()).agents) == {}
+
+
+def test_mtls_and_the_reported_spiffe_id_reach_the_view_and_survive_the_journal(tmp_path):
+    from control_plane.registry.journal import RegistryJournal
+
+    uri = "spiffe://agentmesh.local/team/search/agent/researcher"
+    registry = Registry(clock=lambda: 0.0)
+    registry.register(agent="researcher", version="v1", address="10.0.0.1:1", mtls=True, spiffe_id=uri)
+    registry.register(agent="researcher", version="v1", address="10.0.0.2:1")
+    journal = RegistryJournal(tmp_path / "cp.db")
+    journal.save(registry.instances())
+    restored = Registry(clock=lambda: 0.0)
+    journal.restore(restored)
+    journal.close()
+
+    for view in (mesh_view(registry), mesh_view(restored)):
+        assert view.agents["researcher"].versions["v1"] == (
+            InstanceView(address="10.0.0.1:1", mtls=True, spiffe_id=uri),
+            InstanceView(address="10.0.0.2:1"),
+        )

@@ -131,8 +131,11 @@ def test_each_agent_virtual_host_enforces_that_agents_access_policy() -> None:
     for name in (DENY, ALLOW):
         assert override(researcher, name).rbac == inbound[name]  # what the agent's own sidecar enforces
     assert override(researcher, DENY).rbac.rules.action == rbac_config.RBAC.DENY
-    assert set(override(researcher, DENY).rbac.rules.policies) == {"writer-denied"}
-    assert set(override(researcher, ALLOW).rbac.rules.policies) == {"planner-may-search", "builtin/grpc-health"}
+    assert set(override(researcher, DENY).rbac.rules.policies) == {"researcher-access/writer-denied"}
+    assert set(override(researcher, ALLOW).rbac.rules.policies) == {
+        "researcher-access/planner-may-search",
+        "builtin/grpc-health",
+    }
 
     writer = host(resources, "agent/writer")
     assert set(writer.typed_per_filter_config) == {DENY}  # default allow: no allow filter to override

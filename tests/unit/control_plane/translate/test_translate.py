@@ -24,6 +24,7 @@ from control_plane.translate import (
     Resources,
     translate,
 )
+from control_plane.translate.rbac import agent_principal, team_principal
 from tests.unit.control_plane.translate.meshes import (
     RESEARCH,
     SEARCH,
@@ -451,18 +452,16 @@ def test_inbound_listener_rbac_deny_wins_then_allow(resources: Resources) -> Non
     rules = rbac_rules(manager)
     deny = rules["agentmesh.access.deny"]
     assert deny.action == rbac_config.RBAC.DENY
-    assert list(deny.policies) == ["writer-denied"]
-    writer = deny.policies["writer-denied"]
-    assert [(p.header.name, p.header.string_match.exact) for p in writer.principals] == [
-        ("x-agentmesh-source-agent", "writer")
-    ]
+    assert list(deny.policies) == ["researcher-access/writer-denied"]
+    writer = deny.policies["researcher-access/writer-denied"]
+    assert list(writer.principals) == [agent_principal("writer")]  # its certificate (tests in test_rbac.py)
     assert [p.any for p in writer.permissions] == [True]
     allow = rules["agentmesh.access.allow"]
     assert allow.action == rbac_config.RBAC.ALLOW
-    assert sorted(allow.policies) == ["builtin/grpc-health", "planner-may-search"]
-    planner = allow.policies["planner-may-search"]
+    assert sorted(allow.policies) == ["builtin/grpc-health", "researcher-access/planner-may-search"]
+    planner = allow.policies["researcher-access/planner-may-search"]
     assert [p.url_path.path.exact for p in planner.permissions] == ["/research.v1.Researcher/Search"]
-    assert [p.header.string_match.exact for p in planner.principals] == ["planner"]
+    assert list(planner.principals) == [agent_principal("planner")]
     assert allow.policies["builtin/grpc-health"].permissions[0].url_path.path.prefix == "/grpc.health.v1.Health/"
     (host,) = manager.route_config.virtual_hosts
     (route,) = host.routes
@@ -497,13 +496,10 @@ def test_default_allow_needs_only_the_deny_filter_and_teams_services_stars() -> 
     manager = inbound_manager(resources, "researcher")
     assert [f.name for f in manager.http_filters] == ["agentmesh.access.deny", "envoy.filters.http.router"]
     deny = rbac_rules(manager)["agentmesh.access.deny"]
-    assert sorted(deny.policies) == ["no-writing-team", "rule-1"]
-    team = deny.policies["no-writing-team"]
-    assert [(p.header.name, p.header.string_match.exact) for p in team.principals] == [
-        ("x-agentmesh-source-agent", "editor"),
-        ("x-agentmesh-source-team", "writing"),
-    ]
-    anyone = deny.policies["rule-1"]
+    assert sorted(deny.policies) == ["p/no-writing-team", "p/rule-1"]
+    team = deny.policies["p/no-writing-team"]
+    assert list(team.principals) == [agent_principal("editor"), team_principal("writing")]
+    anyone = deny.policies["p/rule-1"]
     assert [p.any for p in anyone.principals] == [True]
     assert [p.url_path.path.prefix for p in anyone.permissions] == [f"/{RESEARCH}/", f"/{RESEARCH}/"]
     # Instances on different ports: the listener takes the default inbound port.

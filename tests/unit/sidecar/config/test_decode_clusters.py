@@ -223,12 +223,13 @@ REFUSALS: list[tuple[str, Callable[[], cluster_pb2.Cluster], str]] = [
                 base_pb2.TransportSocket(name="tls", typed_config=pack(struct_pb2.Struct()))
             )
         ),
-        "transport_socket type.googleapis.com/google.protobuf.Struct is not supported: upstreams are plaintext",
+        "transport_socket: type.googleapis.com/google.protobuf.Struct is not supported "
+        "(only raw_buffer and UpstreamTlsContext)",
     ),
     (
         "transport socket matches",
         _set(lambda c: c.transport_socket_matches.add(name="m")),
-        "transport_socket_matches is not supported: upstreams are plaintext",
+        "transport_socket_matches is not supported: use transport_socket",
     ),
     (
         "zero connect timeout",

@@ -16,8 +16,9 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from google.protobuf import any_pb2, struct_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
-from control_plane.policy.model import AccessPolicySpec
+from control_plane.policy.model import AccessPolicy
 from control_plane.translate.listeners import api_listener, inbound_listener
+from control_plane.translate.rbac import AgentAccess
 from control_plane.translate.view import AgentView, InstanceView
 from sidecar.config.decode import DecodeError
 from sidecar.config.decode.listeners import ROUTER_TYPE, decode_listener
@@ -25,16 +26,22 @@ from sidecar.config.snapshot import ApiListener, InboundConfig
 from sidecar.filters.rbac import RbacConfig
 
 RESEARCHER = AgentView("researcher", versions={"v1": (InstanceView("127.0.0.1:7001"),)})
-ACCESS = AccessPolicySpec.model_validate(
-    {
-        "target": "researcher",
-        "default_action": "deny",
-        "rules": [
-            {"name": "planner-may-search", "action": "allow", "from": {"agents": ["planner"]}},
-            {"name": "writer-denied", "action": "deny", "from": {"agents": ["writer"]}},
-        ],
-    }
+ACCESS = AgentAccess(
+    own=AccessPolicy.model_validate(
+        {
+            "metadata": {"name": "researcher-access"},
+            "spec": {
+                "target": "researcher",
+                "default_action": "deny",
+                "rules": [
+                    {"name": "planner-may-search", "action": "allow", "from": {"agents": ["planner"]}},
+                    {"name": "writer-denied", "action": "deny", "from": {"agents": ["writer"]}},
+                ],
+            },
+        }
+    )
 )
+WRITER = "spiffe://agentmesh.local/team/writing/agent/writer"
 
 
 def pack(message: Message) -> any_pb2.Any:
@@ -99,8 +106,8 @@ def test_inbound_listener_of_this_agent() -> None:
     assert isinstance(deny, RbacConfig) and isinstance(allow, RbacConfig)
     assert (deny.name, deny.action) == ("agentmesh.access.deny", "DENY")
     assert (allow.name, allow.action) == ("agentmesh.access.allow", "ALLOW")
-    writer = {"x-agentmesh-source-agent": "writer"}
-    assert deny.evaluate("/research.v1.Researcher/Search", writer).allowed is False
+    assert deny.evaluate("/research.v1.Researcher/Search", {}, WRITER).allowed is False
+    assert deny.evaluate("/research.v1.Researcher/Search", {"x-agentmesh-source-agent": "writer"}).allowed is True
 
 
 def test_inbound_listener_without_policies() -> None:

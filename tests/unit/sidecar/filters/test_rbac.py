@@ -48,38 +48,67 @@ def researcher_filter() -> RbacFilter:
     return built
 
 
+def spiffe(agent: str, team: str, trust_domain: str = "agentmesh.local") -> str:
+    return f"spiffe://{trust_domain}/team/{team}/agent/{agent}"
+
+
+PLANNER = spiffe("planner", "planning")
+WRITER = spiffe("writer", "writing")
+
+
 def test_planner_may_search(researcher_filter: RbacFilter) -> None:
-    decision = researcher_filter.check(SEARCH_PATH, {AGENT: "planner", TEAM: "planning"})
-    assert decision == Decision(True, "planner-may-search")
+    decision = researcher_filter.check(SEARCH_PATH, {}, PLANNER)
+    assert decision == Decision(True, "researcher-access/planner-may-search")
+    # The team is not part of the rule: the planner of any team is the planner.
+    assert researcher_filter.check(SEARCH_PATH, {}, spiffe("planner", "other")).allowed
 
 
 def test_planner_may_not_call_other_methods(researcher_filter: RbacFilter) -> None:
     with pytest.raises(AccessDenied) as caught:
-        researcher_filter.check("/research.v1.Researcher/Summon", {AGENT: "planner"})
+        researcher_filter.check("/research.v1.Researcher/Summon", {}, PLANNER)
     assert caught.value.policy == DEFAULT_DENY
 
 
 def test_writer_is_denied_by_its_rule(researcher_filter: RbacFilter) -> None:
     with pytest.raises(AccessDenied) as caught:
-        researcher_filter.check(SEARCH_PATH, {AGENT: "writer", TEAM: "writing"})
+        researcher_filter.check(SEARCH_PATH, {}, WRITER)
     denied = caught.value
-    assert denied.policy == "writer-denied"
+    assert denied.policy == "researcher-access/writer-denied"
     assert denied.code == grpc.StatusCode.PERMISSION_DENIED
     assert denied.reason == "access_denied"
-    assert "'writer'" in denied.message and SEARCH_PATH in denied.message and "writer-denied" in denied.message
+    assert WRITER in denied.message and SEARCH_PATH in denied.message and "writer-denied" in denied.message
 
 
 def test_unknown_callers_are_denied_by_default(researcher_filter: RbacFilter) -> None:
-    for headers in ({AGENT: "stranger"}, {}):
+    for peer in (spiffe("stranger", "planning"), None):
         with pytest.raises(AccessDenied) as caught:
-            researcher_filter.check(SEARCH_PATH, headers)
+            researcher_filter.check(SEARCH_PATH, {}, peer)
         assert caught.value.policy == DEFAULT_DENY
-    assert "unidentified caller" in caught.value.message
+    assert "an unauthenticated caller" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    "peer",
+    [
+        None,  # plaintext (permissive mode)
+        spiffe("planner", "planning", trust_domain="evil.example"),  # another trust domain
+        "spiffe://agentmesh.local/team/planning/agent/planner/x",  # longer path
+        "spiffe://agentmesh.local/team/planning/agent/planner2",  # a name sharing the prefix
+        "spiffe://agentmesh.local/agent/planner",  # no team
+        "spiffe://agentmeshXlocal/team/planning/agent/planner",  # the dot is not a wildcard
+        "planner.planning.agentmesh.local",  # the DNS SAN is not a principal
+    ],
+)
+def test_identity_headers_and_near_miss_identities_never_pass(researcher_filter: RbacFilter, peer: str | None) -> None:
+    claims = {AGENT: "planner", TEAM: "planning"}
+    with pytest.raises(AccessDenied) as caught:
+        researcher_filter.check(SEARCH_PATH, claims, peer)
+    assert caught.value.policy == DEFAULT_DENY
 
 
 def test_health_checks_are_always_allowed(researcher_filter: RbacFilter) -> None:
-    for headers in ({}, {AGENT: "planner"}, {AGENT: "stranger"}):
-        assert researcher_filter.check(HEALTH_PATH, headers) == Decision(True, "builtin/grpc-health")
+    for peer in (None, PLANNER, spiffe("stranger", "x")):
+        assert researcher_filter.check(HEALTH_PATH, {}, peer) == Decision(True, "builtin/grpc-health")
 
 
 def test_an_agent_without_access_policy_has_no_filter() -> None:

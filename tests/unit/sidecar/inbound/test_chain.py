@@ -10,14 +10,18 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
 
+from agentmesh.identity.spiffe import SpiffeId
 from sidecar.config.bootstrap import Bootstrap
 from sidecar.contract import ContractSet, MessageChecker
 from sidecar.errors import ContractViolation, Draining, UpstreamStatus, UpstreamUnavailable
+from sidecar.filters.authn import Peer
 from sidecar.inbound.call import InboundCall
 from sidecar.inbound.chain import Admission, InboundChain
 from sidecar.stats import SidecarStats
 from sidecar.upstream.base import Payload, UpstreamCall
 from tests.unit.sidecar.contract.conftest import SHOP_PROTO
+
+PLANNER = Peer.authenticated(SpiffeId("agentmesh.local", "planning", "planner"))
 
 
 class FakeAdapter:
@@ -91,7 +95,7 @@ def call(contract: ContractSet, path: str, body: bytes | dict[str, object], **kw
         body=body,
         metadata=kwargs.pop("metadata", {}),  # type: ignore[arg-type]
         time_remaining=kwargs.pop("time_remaining", None),  # type: ignore[arg-type]
-        source_agent="planner",
+        peer=PLANNER,
     )
 
 
@@ -111,6 +115,7 @@ async def test_valid_call_reaches_the_agent_with_headers_and_deadline(
     (sent,) = adapter.calls
     assert sent.timeout == 2.5
     assert sent.headers["x-agentmesh-source-agent"] == "planner"
+    assert sent.headers["x-agentmesh-source-team"] == "planning"
     assert sent.headers["x-agentmesh-config-model"] == "small"
     assert sent.headers["baggage"] == "tenant=beta"
     assert "other" not in sent.headers

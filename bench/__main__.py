@@ -1,9 +1,11 @@
-"""`python -m bench [--quick] [--out bench/results]`: the whole benchmark suite, one command.
+"""`python -m bench [--quick] [--out bench/results] [--only hop,idle]`: the benchmark suite, one command.
 
 Runs every scenario on this machine, side by side, prints the tables and the
 targets (PASS/FAIL), and writes `<out>/<full|quick>.json` (everything
 measured) and `<out>/<full|quick>.md` (the summary with machine info). A
 scenario that fails is recorded with its error and the others still run.
+`--only` runs the named scenarios (SCENARIOS) and writes
+`<stem>-<names>.json`/`.md`, so a partial run never overwrites a whole one.
 Processes are started on loopback and stopped at the end; logs go to a
 temporary folder (kept with `--keep-logs`).
 """
@@ -30,6 +32,9 @@ from bench.settings import Settings
 log = logging.getLogger("bench")
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+# Every scenario, in the order a whole run takes them; idle, hop, tracing and streaming share one set of processes.
+SCENARIOS: tuple[str, ...] = ("contract", "idle", "hop", "tracing", "streaming", "http_json", "control_plane")
+_NEEDS_HOP_RIG = frozenset({"idle", "hop", "tracing", "streaming"})
 
 
 def _json_safe(value: Any) -> Any:
@@ -71,29 +76,50 @@ def _transcoding_share(results: dict[str, Any]) -> None:
     http["transcoding_over_passthrough_p50_ms"] = added - (sidecar - direct)
 
 
-def run_suite(settings: Settings) -> dict[str, Any]:
-    from bench.scenarios import contract, control_plane, hop, http_json, idle, streaming
+def parse_only(value: str) -> tuple[str, ...]:
+    """'hop,idle' -> ('idle', 'hop') in suite order; raises ValueError naming an unknown scenario."""
+    names = {name.strip() for name in value.split(",") if name.strip()}
+    unknown = sorted(names - set(SCENARIOS))
+    if unknown or not names:
+        raise ValueError(
+            f"unknown scenario {', '.join(unknown) or repr(value)}: expected some of {', '.join(SCENARIOS)}"
+        )
+    return tuple(name for name in SCENARIOS if name in names)
+
+
+def run_suite(settings: Settings, only: tuple[str, ...] = SCENARIOS) -> dict[str, Any]:
+    from bench.scenarios import contract, control_plane, hop, http_json, idle, streaming, tracing
 
     results: dict[str, Any] = {
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine.describe(),
         "settings": settings.to_dict(),
+        "scenarios": list(only),
     }
     began = time.monotonic()
-    _guarded(results, "contract", lambda: contract.run(settings.contract_s))
+    if "contract" in only:
+        _guarded(results, "contract", lambda: contract.run(settings.contract_s))
     with contextlib.ExitStack() as stack:
-        try:
-            rig = stack.enter_context(hop.hop_rig(settings, stack))
-        except Exception as exc:
-            log.exception("cannot start the hop benchmark's processes")
-            results.setdefault("errors", {})["hop"] = f"start-up: {type(exc).__name__}: {str(exc)[:2000]}"
-            rig = None
+        rig = None
+        if _NEEDS_HOP_RIG & set(only):
+            try:
+                rig = stack.enter_context(hop.hop_rig(settings, stack))
+            except Exception as exc:
+                log.exception("cannot start the hop benchmark's processes")
+                results.setdefault("errors", {})["hop"] = f"start-up: {type(exc).__name__}: {str(exc)[:2000]}"
         if rig is not None:
-            _guarded(results, "idle", lambda: idle.measure(rig))
-            _guarded(results, "hop", lambda: hop.run(settings, rig))
-            _guarded(results, "streaming", lambda: streaming.run(settings, rig))
-    _guarded(results, "http_json", lambda: http_json.run(settings))
-    _guarded(results, "control_plane", lambda: control_plane.run(settings))
+            if "idle" in only:
+                _guarded(results, "idle", lambda: idle.measure(rig))
+            if "hop" in only:
+                _guarded(results, "hop", lambda: hop.run(settings, rig))
+            if "tracing" in only and settings.tracing:
+                _guarded(results, "tracing", lambda: tracing.run(settings, rig))
+            if "streaming" in only:
+                _guarded(results, "streaming", lambda: streaming.run(settings, rig))
+    if "http_json" in only:
+        _guarded(results, "http_json", lambda: http_json.run(settings))
+    if "control_plane" in only:
+        _guarded(results, "control_plane", lambda: control_plane.run(settings))
     _transcoding_share(results)
     results["machine"]["load_average_end"] = machine.load_average()
     results["elapsed_s"] = time.monotonic() - began
@@ -125,12 +151,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the JSON and markdown results")
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile of the sidecar")
     parser.add_argument("--keep-logs", action="store_true", help="keep the processes' logs (path printed at the end)")
+    parser.add_argument("--only", metavar="NAMES", help=f"comma-separated scenarios to run, of: {', '.join(SCENARIOS)}")
     parser.add_argument(
         "--render", type=Path, metavar="RESULTS_JSON", help="run nothing: report again from a results file"
     )
     args = parser.parse_args(argv)
     if args.render is not None:
         return render(args.render)
+    only = SCENARIOS
+    if args.only is not None:
+        try:
+            only = parse_only(args.only)
+        except ValueError as exc:
+            parser.error(f"--only: {exc}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     work = Path(tempfile.mkdtemp(prefix="agentmesh-bench-"))
     settings = Settings.quick_run(work) if args.quick else Settings.full(work)
@@ -139,8 +172,10 @@ def main(argv: list[str] | None = None) -> int:
 
         settings = replace(settings, profile=False)
     try:
-        results = run_suite(settings)
+        results = run_suite(settings, only)
         stem = "quick" if settings.quick else "full"
+        if only != SCENARIOS:
+            stem += "-" + "-".join(only)
         raw_profile = ((results.get("hop") or {}).get("profile") or {}).get("raw")
         if raw_profile and Path(raw_profile).exists():
             args.out.mkdir(parents=True, exist_ok=True)

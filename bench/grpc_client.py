@@ -132,6 +132,8 @@ async def _streams(args: argparse.Namespace) -> dict[str, Any]:
     channels = _channels(args.target, args.channels, args.authority)
     callables = [c.unary_stream(args.method, request_serializer=None, response_deserializer=None) for c in channels]
     errors: Counter[str] = Counter()
+    # The first failure of each status, with whether its stream had opened: a clue to which hop refused it.
+    examples: dict[str, dict[str, Any]] = {}
     counts = {"opened": 0, "completed": 0, "messages": 0}
     first_message = asyncio.Event()
     settled = 0
@@ -162,6 +164,10 @@ async def _streams(args: argparse.Namespace) -> dict[str, Any]:
             completion_times.append(loop.time())
         except grpc.aio.AioRpcError as exc:
             errors[exc.code().name] += 1
+            examples.setdefault(
+                exc.code().name,
+                {"details": exc.details(), "debug": exc.debug_error_string()[:500], "opened": opened, "index": index},
+            )
         finally:
             if not opened:
                 settle()
@@ -189,6 +195,7 @@ async def _streams(args: argparse.Namespace) -> dict[str, Any]:
     return {
         **counts,
         "errors": dict(errors),
+        "error_examples": examples,
         "open_s": all_open_at - started,
         "elapsed_s": finished - started,
         "steady_messages": len(window),

@@ -273,6 +273,45 @@ def proxyless_table(hop: Mapping[str, Any]) -> Table | None:
     return Table("1b. Proxyless (xds:///) vs two Envoys, same Python client", headers, rows, notes)
 
 
+def tracing_table(tracing: Mapping[str, Any]) -> Table | None:
+    """Scenario 1c: the sidecar hop by tracing setting (off, 0 %, 10 %, 100 % sampled)."""
+    if not tracing:
+        return None
+    if "error" in tracing:
+        return Table("1c. Tracing cost by sampling (sidecar hop)", ["note"], [[str(tracing["error"])[:100]]])
+    rows: list[list[str]] = []
+    for name, entry in (tracing.get("settings") or {}).items():
+        fixed, saturation = entry.get("fixed") or {}, entry.get("saturation") or {}
+        fixed_load, saturation_load = fixed.get("load") or {}, saturation.get("load") or {}
+        cores = saturation.get("proxy_cores")
+        achieved = saturation_load.get("achieved_rps")
+        per_core = achieved / cores if achieved is not None and cores else None
+        errors = sum(
+            run.get("unserved_successes", 0) + (run.get("load") or {}).get("errors", 0) for run in (fixed, saturation)
+        )
+        rows.append(
+            [
+                name,
+                fmt(fixed_load.get("achieved_rps"), 0),
+                *_latency_cells(fixed_load.get("latency")),
+                fmt(fixed.get("proxy_cpu_s_per_1k"), 3),
+                fmt(achieved, 0),
+                fmt(per_core, 0),
+                fmt(saturation.get("proxy_cpu_s_per_1k"), 3),
+                fmt(errors),
+                fmt(fixed.get("machine_busy_cores")),
+            ]
+        )
+    notes = [
+        f"open loop at {fmt(tracing.get('rate'), 0)} req/s, then closed loop (saturation); a fresh sidecar per "
+        "setting; off = OTEL_SDK_DISABLED, the others parentbased_traceidratio; no span exporter.",
+        "latency in ms; CPU-s/1k of the sidecar; req/s per core = saturation throughput / sidecar cores busy.",
+    ]
+    headers = ["tracing", "achieved", "p50", "p90", "p99", "CPU-s/1k", "max req/s", "req/s per core", "CPU-s/1k max",
+               "errors", "machine"]  # fmt: skip
+    return Table("1c. Tracing cost by sampling (sidecar hop)", headers, rows, notes)
+
+
 def http_table(http: Mapping[str, Any]) -> Table | None:
     if not http or "paths" not in http:
         return None
@@ -459,6 +498,7 @@ def tables(results: Mapping[str, Any], targets: Sequence[TargetResult]) -> list[
     hop = results.get("hop")
     if hop:
         found += [hop_table(hop), proxyless_table(hop)]
+    found.append(tracing_table(results.get("tracing") or {}))
     found.append(http_table(results.get("http_json") or {}))
     found += streaming_tables(results.get("streaming") or {})
     found += [

@@ -23,6 +23,8 @@ class Settings:
     payload_bytes: int = 1000
     reply_bytes: int = 1024
     python_client: bool = True
+    # 1c. tracing cost (a fresh sidecar per sampling setting)
+    tracing: bool = True
     # 2. HTTP/JSON
     http_rate: float = 200.0
     http_s: float = 8.0

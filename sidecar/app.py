@@ -161,6 +161,8 @@ class Sidecar:
             self.identity.on_change(lambda material: chain.peers.set_trust_domain(material.spiffe_id.trust_domain))
             if self.identity.material is not None:
                 chain.peers.set_trust_domain(self.identity.material.spiffe_id.trust_domain)
+            # Access rules act on certificates now: a call must not pass before the rules are known.
+            self.admission.config_pending = "no configuration from the control plane yet (access policy unknown)"
         self.targets = TargetDirectory(
             bootstrap.targets, channel_options=channel_options(bootstrap.limits), identity=self.identity
         )
@@ -206,6 +208,7 @@ class Sidecar:
         self._access = RbacFilter.build(inbound.rbac) if inbound is not None else None
         self._config_headers = dict(inbound.request_headers) if inbound is not None else {}
         self.mesh = snapshot
+        self.admission.config_pending = None
         # Learn new endpoints' contracts now, not on the first call that picks them.
         addresses = {e.address for assignment in snapshot.endpoints.values() for e in assignment.endpoints}
         self._in_background(self.targets.prefetch(addresses))
@@ -228,6 +231,8 @@ class Sidecar:
     def readiness(self) -> tuple[bool, str]:
         if self.admission.draining:
             return False, "draining"
+        if self.admission.config_pending is not None:
+            return False, self.admission.config_pending
         if not self.admission.agent_healthy:
             return False, f"agent not healthy: {self.admission.reason}"
         if self.identity is not None:

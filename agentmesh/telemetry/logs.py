@@ -15,20 +15,38 @@ The access log is the `agentmesh.access` logger: one line per call, written by
 `log_access` from the metrics/access-log step at the end of the request path.
 Its level is independent of the process log level (like Envoy's access log),
 and a disabled access log costs one `isEnabledFor` check per call.
+
+The access log is on the hot path of every call, so once `configure_logging`
+has run it bypasses `logging`'s records and handlers: `log_access` formats
+the line itself around a prefix of the fields that never change (component,
+agent, logger, msg, level) and appends it to an in-memory batch. A daemon
+thread writes the batch to the stream `ACCESS_FLUSH_INTERVAL` seconds after
+its first line (one write instead of one per call, like Envoy's file flush
+interval); every other log line, `flush_access_log()` and interpreter exit
+write pending access lines first, so order is kept and a graceful shutdown
+loses none. Before `configure_logging`, access lines go through `logging`
+like any other record.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import sys
+import threading
 import time
 import traceback
+from collections import deque
 from typing import Any, TextIO
 
 from opentelemetry import trace
 
 ACCESS_LOGGER = "agentmesh.access"
+# Seconds from the first pending access line to the write that carries it.
+ACCESS_FLUSH_INTERVAL = 0.1
+# Pending access lines beyond which the caller writes the batch itself (the writer thread is starved).
+MAX_PENDING_ACCESS_LINES = 4096
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -48,6 +66,9 @@ _CORE_KEYS = frozenset({"ts", "level", "component", "agent", "logger", "msg", "e
 _FIELDS_ATTR = "agentmesh_fields"
 
 _access = logging.getLogger(ACCESS_LOGGER)
+# A JSON string literal (quotes included), non-ASCII kept as is: json.dumps(s, ensure_ascii=False).
+_quote = json.encoder.encode_basestring
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
 
 
 class JsonFormatter(logging.Formatter):
@@ -93,21 +114,129 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False, separators=(",", ":"))
 
 
-class _JsonHandler(logging.Handler):
-    """Writes formatted records to a fixed stream, or to the current sys.stderr."""
+class _Output:
+    """The stream both log paths write to (a fixed one, or the current sys.stderr), one writer at a time."""
 
     def __init__(self, stream: TextIO | None) -> None:
-        super().__init__()
         self._stream = stream
+        self.lock = threading.Lock()
+
+    def write(self, text: str) -> None:
+        """Writes and flushes; the caller holds `lock`."""
+        stream = self._stream if self._stream is not None else sys.stderr
+        stream.write(text)
+        stream.flush()
+
+
+class _AccessLog:
+    """Formats access lines on the caller's thread and writes them in batches from a daemon thread."""
+
+    def __init__(self, output: _Output, *, component: str, agent: str | None, interval: float) -> None:
+        self._output = output
+        self._interval = interval
+        agent_field = f',"agent":{_quote(agent)}' if agent else ""
+        # Everything after "ts" that no call changes, formatted once.
+        self._static = (
+            f'","level":"info","component":{_quote(component)}{agent_field},"logger":"{ACCESS_LOGGER}","msg":"access",'
+        )
+        # Appended by callers, drained by whoever flushes: both ends are atomic, so no lock on the request path.
+        self._pending: deque[str] = deque()
+        self._wake = threading.Event()
+        self._closing = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._second = -1
+        self._second_text = ""
+        self.dropped = 0
+
+    def line(self, fields: str) -> str:
+        """A complete access line: timestamp, static fields, then `fields` (JSON members, no braces)."""
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        return f'{{"ts":"{self._second_text}.{int((now - second) * 1000):03d}Z{self._static}{fields}}}\n'
+
+    def append(self, line: str) -> None:
+        pending = self._pending
+        pending.append(line)
+        if len(pending) >= MAX_PENDING_ACCESS_LINES or self._closing.is_set():
+            self.flush()
+        elif not self._wake.is_set():
+            if self._thread is None:
+                self._start()
+            self._wake.set()
+
+    def flush(self) -> None:
+        """Writes every pending line now (on the caller's thread)."""
+        with self._output.lock:
+            self._flush_locked()
+
+    def flush_locked(self) -> None:
+        """`flush` for a caller already holding the output lock."""
+        self._flush_locked()
+
+    def close(self) -> None:
+        """Writes what is pending and stops the writer thread."""
+        self._closing.set()
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)
+        self.flush()
+
+    def _flush_locked(self) -> None:
+        pending = self._pending
+        if not pending:
+            return
+        batch = [pending.popleft() for _ in range(len(pending))]
+        try:
+            self._output.write("".join(batch))
+        except Exception:
+            # A closed or broken stream: the lines cannot be written anywhere; count them.
+            self.dropped += len(batch)
+
+    def _start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="agentmesh-access-log", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._closing.is_set():
+            self._wake.wait()
+            # Let a batch gather; cut short by close().
+            self._closing.wait(self._interval)
+            self._wake.clear()
+            self.flush()
+
+
+class _JsonHandler(logging.Handler):
+    """Writes formatted records to the output, after any access lines still pending."""
+
+    def __init__(self, output: _Output, access: _AccessLog) -> None:
+        super().__init__()
+        self._output = output
+        self.access = access
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             line = self.format(record)
-            stream = self._stream if self._stream is not None else sys.stderr
-            stream.write(line + "\n")
-            stream.flush()
+            with self._output.lock:
+                self.access.flush_locked()
+                self._output.write(line + "\n")
         except Exception:
             self.handleError(record)
+
+    def flush(self) -> None:
+        self.access.flush()
+
+    def close(self) -> None:
+        self.access.close()
+        super().close()
+
+
+_root = logging.getLogger()
+# The handler configure_logging installed last; its access log takes log_access's lines while it is installed.
+_installed: _JsonHandler | None = None
 
 
 def configure_logging(
@@ -126,6 +255,7 @@ def configure_logging(
     silences the `agentmesh.access` logger.
     Raises ValueError for an unknown level.
     """
+    global _installed
     try:
         numeric = _LEVELS[level.lower()]
     except KeyError:
@@ -134,12 +264,21 @@ def configure_logging(
     for handler in [h for h in root.handlers if isinstance(h, _JsonHandler)]:
         root.removeHandler(handler)
         handler.close()
-    handler = _JsonHandler(stream)
+    output = _Output(stream)
+    handler = _JsonHandler(output, _AccessLog(output, component=component, agent=agent, interval=ACCESS_FLUSH_INTERVAL))
     handler.setFormatter(JsonFormatter(component=component, agent=agent))
     root.addHandler(handler)
+    _installed = handler
     root.setLevel(numeric)
     _access.setLevel(logging.INFO)
     _access.disabled = not access_log
+
+
+def flush_access_log() -> None:
+    """Writes the access lines still waiting for their batch (done at exit and before other log lines)."""
+    handler = _installed
+    if handler is not None:
+        handler.access.flush()
 
 
 def log_access(
@@ -163,23 +302,64 @@ def log_access(
     """
     if _access.disabled or not _access.isEnabledFor(logging.INFO):
         return
-    fields: dict[str, object] = {
-        "direction": direction,
-        "source": source,
-        "destination": destination,
-        "version": version,
-        "method": method,
-        "code": code,
-        "duration_ms": round(duration_ms, 3),
-        "attempt": attempt,
-        "trace_id": trace_id,
-        "span_id": span_id,
-    }
-    fields.update(extra)
-    _access.info("access", extra={_FIELDS_ATTR: fields})
+    handler = _installed
+    if handler is None or handler not in _root.handlers:
+        # Not configured (a library user, a test with its own handlers): an ordinary log record.
+        fields: dict[str, object] = {
+            "direction": direction,
+            "source": source,
+            "destination": destination,
+            "version": version,
+            "method": method,
+            "code": code,
+            "duration_ms": round(duration_ms, 3),
+            "attempt": attempt,
+            "trace_id": trace_id,
+            "span_id": span_id,
+        }
+        fields.update(extra)
+        _access.info("access", extra={_FIELDS_ATTR: fields})
+        return
+    try:
+        members = (
+            f'"direction":{_quote(direction)},"source":{_quote(source)},"destination":{_quote(destination)},'
+            f'"version":{_quote(version)},"method":{_quote(method)},"code":{_quote(code)},'
+            f'"duration_ms":{_number(round(duration_ms, 3))},"attempt":{_number(attempt)},'
+            f'"trace_id":{_quote(trace_id)},"span_id":{_quote(span_id)}'
+        )
+    except TypeError:  # a caller passed a non-string: let the generic encoder spell it
+        members = _encode(
+            {
+                "direction": direction,
+                "source": source,
+                "destination": destination,
+                "version": version,
+                "method": method,
+                "code": code,
+                "duration_ms": round(duration_ms, 3),
+                "attempt": attempt,
+                "trace_id": trace_id,
+                "span_id": span_id,
+            }
+        )[1:-1]
+    for key, value in extra.items():
+        name = _quote(f"{key}_" if key in _CORE_KEYS else key)
+        members += f",{name}:{_quote(value)}" if type(value) is str else f",{name}:{_encode(value)}"
+    access = handler.access
+    access.append(access.line(members))
+
+
+def _number(value: object) -> str:
+    """A number as JSON spells it (finite floats and ints by repr, as json.dumps does)."""
+    if type(value) is int or (type(value) is float and value - value == 0):
+        return repr(value)
+    return _encode(value)
 
 
 def _rfc3339(created: float) -> str:
     seconds = int(created)
     millis = int((created - seconds) * 1000)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+
+
+atexit.register(flush_access_log)

@@ -63,6 +63,7 @@ log = logging.getLogger("bench.hop")
 SIDECAR_AGENT = "echo"
 RAW_AGENT = "echo-raw"
 STREAMS_AGENT = "echo-streams"
+TRACING_AGENT = "echo-tracing"
 PATH_LABELS = {
     "direct": "client → backend",
     "sidecar": "client → sidecar → backend",
@@ -148,7 +149,7 @@ def hop_rig(settings: Settings, stack: contextlib.ExitStack) -> Iterator[HopRig]
     stack.callback(mesh_cp.stop)
     edge_cp = BenchControlPlane(work, "control-plane-edge", gateway_port=free_port())
     stack.callback(edge_cp.stop)
-    mesh_cp.apply([allow_only(name, CLIENT_AGENT) for name in (SIDECAR_AGENT, RAW_AGENT, STREAMS_AGENT)])
+    mesh_cp.apply([allow_only(name, CLIENT_AGENT) for name in (SIDECAR_AGENT, RAW_AGENT, STREAMS_AGENT, TRACING_AGENT)])
     sidecar = start_bench_sidecar(work, SIDECAR_AGENT, upstream=backend.address, control_plane=mesh_cp.address)
     stack.callback(sidecar.process.stop)
     request = echo_request(settings)

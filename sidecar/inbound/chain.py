@@ -67,10 +67,14 @@ class Admission:
     agent_healthy: bool = False
     draining: bool = False
     reason: str = "agent not probed yet"
+    # Set while access policy is unknown (mTLS on, no xDS config yet): calls wait rather than pass unchecked.
+    config_pending: str | None = None
 
     def check(self) -> None:
         if self.draining:
             raise Draining("sidecar is draining (shutting down); retry on another instance")
+        if self.config_pending is not None:
+            raise UpstreamUnavailable(self.config_pending)
         if not self.agent_healthy:
             raise UpstreamUnavailable(f"agent is not healthy: {self.reason}")
 

@@ -63,6 +63,11 @@ class GrpcPassthroughAdapter:
             ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS),
             ("grpc.min_reconnect_backoff_ms", RECONNECT_BACKOFF_MS),
             ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS),
+            # No service config ever asks this channel to retry, yet grpc's retry filter buffers every call
+            # in case it might (about a tenth of the channel's CPU per call). Retries are the caller's
+            # sidecar's decision (the route's retry policy), made with the skill's idempotency in mind; a call
+            # the agent's connection refused before it was sent fails UNAVAILABLE instead of being re-sent.
+            ("grpc.enable_retries", 0),
         )
         self._channel: grpc.aio.Channel | None = None
         self._unary: dict[str, grpc.aio.UnaryUnaryMultiCallable] = {}
@@ -150,13 +155,27 @@ def _metadata(headers: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
     return tuple(
         (key, value)
         for key, value in headers.items()
-        if _METADATA_KEY.match(key)
+        if _KEY_CARRIED.get(key) or _carried(key)
+        if value.isascii() and value.isprintable()
+    )
+
+
+# Header names seen so far -> whether gRPC metadata can carry them; a call's keys are nearly always
+# the same few (traceparent, the source agent, AgentConfig headers), so each is checked once.
+_KEY_CARRIED: dict[str, bool] = {}
+_MAX_KEYS_REMEMBERED = 1024
+
+
+def _carried(key: str) -> bool:
+    carried = bool(
+        _METADATA_KEY.match(key)
         and not key.startswith("grpc-")
         and not key.endswith("-bin")
         and key not in _TRANSPORT_KEYS
-        and value.isascii()
-        and value.isprintable()
     )
+    if len(_KEY_CARRIED) < _MAX_KEYS_REMEMBERED:
+        _KEY_CARRIED[key] = carried
+    return carried
 
 
 def _translate(exc: grpc.aio.AioRpcError, target: str, method: MethodContract) -> MeshError:

@@ -45,6 +45,8 @@ DEFAULT_KEEPALIVE_SECONDS = 4.0
 # How much of an error body is read to find a Connect error or quote the agent.
 ERROR_BODY_LIMIT = 64 * 1024
 ERROR_SNIPPET_CHARS = 200
+# Bound on the parsed request targets kept (targets with path variables vary per call).
+MAX_URLS_REMEMBERED = 1024
 
 _SSE = "text/event-stream"
 _NDJSON = frozenset({"application/x-ndjson", "application/jsonl", "application/ndjson", "application/x-jsonlines"})
@@ -92,6 +94,8 @@ class HttpJsonAdapter:
         self._json_names = json_names
         self._proto_names = json_names == "proto"
         self._routes: dict[tuple[object, ...], HttpRoute] = {}
+        # Request targets already parsed into URLs (a route without path variables has one target).
+        self._urls: dict[str, URL] = {}
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
 
@@ -115,13 +119,9 @@ class HttpJsonAdapter:
         try:
             async with (
                 asyncio.timeout_at(deadline),
+                # asyncio.timeout_at bounds the whole exchange; the session sets no timer of its own.
                 session.request(
-                    route.verb,
-                    URL(self._base + target, encoded=True),
-                    data=body,
-                    headers=headers,
-                    allow_redirects=False,
-                    timeout=aiohttp.ClientTimeout(total=call.timeout),
+                    route.verb, self._url(target), data=body, headers=headers, allow_redirects=False
                 ) as response,
             ):
                 if not 200 <= response.status < 300:
@@ -150,12 +150,7 @@ class HttpJsonAdapter:
             # awaits must not be cancelled by this generator's timer.
             async with asyncio.timeout_at(deadline):
                 response = await session.request(
-                    route.verb,
-                    URL(self._base + target, encoded=True),
-                    data=body,
-                    headers=headers,
-                    allow_redirects=False,
-                    timeout=aiohttp.ClientTimeout(total=call.timeout),
+                    route.verb, self._url(target), data=body, headers=headers, allow_redirects=False
                 )
                 if not 200 <= response.status < 300:
                     raise await _status_error(response, route)
@@ -226,6 +221,14 @@ class HttpJsonAdapter:
                 trust_env=False,
             )
         return session
+
+    def _url(self, target: str) -> URL:
+        url = self._urls.get(target)
+        if url is None:
+            url = URL(self._base + target, encoded=True)
+            if len(self._urls) < MAX_URLS_REMEMBERED:
+                self._urls[target] = url
+        return url
 
     def _route(self, method: MethodContract) -> HttpRoute:
         key = _route_key(method)

@@ -129,3 +129,23 @@ def test_a_reference_below_zero_is_not_comparable():
     targets = by_name(report.evaluate_targets(data))
     p50 = targets["sidecar hop at 1000 req/s: added p50"]
     assert p50.verdict == "n/a" and "noisier" in p50.measured
+
+
+def test_tracing_table_has_one_row_per_setting_with_throughput_per_core():
+    entry = {"fixed": run(1.5, 4.0, cpu_1k=0.7, cores=0.7), "saturation": run(40, 80, rps=1500, cores=1.2)}
+    tracing = {"rate": 1000.0, "settings": {"off": entry, "100%": entry}}
+
+    table = report.tracing_table(tracing)
+
+    assert table is not None
+    assert [row[0] for row in table.rows] == ["off", "100%"]
+    assert table.rows[0][table.headers.index("req/s per core")] == "1,250"
+    assert table.rows[0][table.headers.index("CPU-s/1k")] == "0.700"
+    assert table in report.tables({**results(), "tracing": tracing}, [])
+
+
+def test_tracing_table_reports_an_error_and_is_absent_when_not_run():
+    table = report.tracing_table({"error": "h2load is not installed"})
+
+    assert table is not None and table.rows == [["h2load is not installed"]]
+    assert report.tracing_table({}) is None

@@ -6,13 +6,16 @@ import io
 import json
 import logging
 import re
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
-from agentmesh.telemetry import ACCESS_LOGGER, configure_logging, log_access
+from agentmesh.telemetry import ACCESS_LOGGER, configure_logging, flush_access_log, log_access
 
 TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
@@ -36,7 +39,23 @@ def out() -> io.StringIO:
 
 
 def lines(out: io.StringIO) -> list[dict[str, Any]]:
+    flush_access_log()
     return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def access(**fields: Any) -> None:
+    log_access(
+        **{
+            "direction": "inbound",
+            "source": "a",
+            "destination": "b",
+            "version": "v1",
+            "method": "/p.S/M",
+            "code": "OK",
+            "duration_ms": 1.0,
+            **fields,
+        }
+    )
 
 
 def test_one_json_object_per_line_with_the_shared_fields(out: io.StringIO) -> None:
@@ -202,3 +221,90 @@ def test_default_stream_is_the_current_stderr(capsys: pytest.CaptureFixture[str]
     captured = capsys.readouterr()
     assert captured.out == ""
     assert json.loads(captured.err.splitlines()[-1])["msg"] == "to stderr"
+
+
+def test_access_lines_are_written_without_an_explicit_flush(out: io.StringIO) -> None:
+    configure_logging(component="sidecar", stream=out)
+
+    for n in range(3):
+        access(attempt=n + 1)
+
+    deadline = time.monotonic() + 10
+    while out.getvalue().count("\n") < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [json.loads(line)["attempt"] for line in out.getvalue().splitlines()] == [1, 2, 3]
+
+
+def test_other_log_lines_come_after_the_access_lines_before_them(out: io.StringIO) -> None:
+    configure_logging(component="sidecar", stream=out)
+
+    access(code="OK")
+    logging.getLogger("x").warning("between")
+    access(code="UNAVAILABLE")
+
+    assert [(e["msg"], e.get("code")) for e in lines(out)] == [
+        ("access", "OK"),
+        ("between", None),
+        ("access", "UNAVAILABLE"),
+    ]
+
+
+def test_access_line_escapes_like_json_and_spells_odd_values(out: io.StringIO) -> None:
+    configure_logging(component="sidecar", agent='we"ird', stream=out)
+
+    access(method='/p.S/"M"\n', duration_ms=float("nan"), attempt=True, source=None, level="x", blob=object())
+
+    (entry,) = lines(out)
+    assert entry["agent"] == 'we"ird'
+    assert entry["method"] == '/p.S/"M"\n'
+    assert entry["duration_ms"] != entry["duration_ms"]  # NaN, as json.dumps spells it
+    assert (entry["attempt"], entry["source"]) == (True, None)
+    assert (entry["level"], entry["level_"]) == ("info", "x")
+    assert entry["blob"].startswith("<object object")
+
+
+def test_reconfiguring_writes_pending_lines_to_the_old_stream(out: io.StringIO) -> None:
+    configure_logging(component="sidecar", stream=out)
+    access(code="OK")
+
+    configure_logging(component="sidecar", stream=io.StringIO())
+
+    assert [e["code"] for e in [json.loads(line) for line in out.getvalue().splitlines()]] == ["OK"]
+
+
+def test_a_closed_stream_never_fails_the_caller() -> None:
+    broken = io.StringIO()
+    configure_logging(component="sidecar", stream=broken)
+    broken.close()
+
+    access()
+    flush_access_log()
+    access()
+
+
+def test_without_configure_logging_access_lines_are_log_records(caplog: pytest.LogCaptureFixture) -> None:
+    configure_logging(component="sidecar", stream=io.StringIO())
+    for handler in [h for h in logging.getLogger().handlers if type(h).__name__ == "_JsonHandler"]:
+        logging.getLogger().removeHandler(handler)
+
+    with caplog.at_level(logging.INFO, logger=ACCESS_LOGGER):
+        access(code="NOT_FOUND")
+
+    (record,) = [r for r in caplog.records if r.name == ACCESS_LOGGER]
+    assert record.getMessage() == "access"
+    assert vars(record)["agentmesh_fields"]["code"] == "NOT_FOUND"
+
+
+def test_no_access_line_is_lost_when_the_process_exits() -> None:
+    script = (
+        "import sys\n"
+        "from agentmesh.telemetry import configure_logging, log_access\n"
+        "configure_logging(component='sidecar', stream=sys.stdout)\n"
+        "for n in range(2000):\n"
+        "    log_access(direction='inbound', source='a', destination='b', version='v1', method='/p.S/M',\n"
+        "               code='OK', duration_ms=1.0, attempt=n)\n"
+    )
+
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+
+    assert [json.loads(line)["attempt"] for line in done.stdout.splitlines()] == list(range(2000))

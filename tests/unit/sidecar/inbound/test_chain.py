@@ -194,6 +194,18 @@ async def test_admission_fails_fast(tmp_path: Path) -> None:
     assert adapter.calls == []
 
 
+async def test_calls_wait_for_access_policy(tmp_path: Path) -> None:
+    adapter = FakeAdapter(Payload(b'{"id": "ab"}', "json"))
+    chain, contract, _, admission = make_chain(tmp_path, adapter)
+    admission.config_pending = "no configuration from the control plane yet (access policy unknown)"
+    with pytest.raises(UpstreamUnavailable, match="access policy unknown"):
+        await chain.unary(call(contract, "/shop.v1.Shop/GetItem", {"id": "ab"}))
+    assert adapter.calls == []
+    admission.config_pending = None
+    await chain.unary(call(contract, "/shop.v1.Shop/GetItem", {"id": "ab"}))
+    assert len(adapter.calls) == 1
+
+
 async def test_stream_checks_every_message_and_counts_errors(tmp_path: Path) -> None:
     adapter = FakeAdapter(
         Payload(b'{"id": "1"}', "json"),

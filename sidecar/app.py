@@ -28,7 +28,6 @@ from agentmesh.protoc import ProtoCompileError, compile_descriptor_set
 from agentmesh.telemetry.tracing import configure_tracing, shutdown_tracing
 from agentmesh.v1 import manifest_pb2
 from sidecar.admin.server import AdminServer
-from sidecar.config.ads_client import AdsClient, NodeIdentity
 from sidecar.config.bootstrap import Bootstrap
 from sidecar.config.registration import Registrar
 from sidecar.config.snapshot import EMPTY_SNAPSHOT, MeshSnapshot
@@ -53,6 +52,7 @@ from sidecar.upstream.http_json import HttpJsonAdapter
 
 if TYPE_CHECKING:
     from agentmesh.identity.rotation import Rotator
+    from sidecar.config.ads_client import AdsClient
 
 log = logging.getLogger("agentmesh.sidecar")
 
@@ -318,6 +318,9 @@ class Sidecar:
                 self._tasks.append(asyncio.ensure_future(self._rotator.run()))
             self._tasks.append(asyncio.ensure_future(self._register()))
             advertised = link.advertise_address or _advertised(listen.inbound, inbound)
+            # Imported here: the xDS protos (about 9 MB resident) are loaded only by sidecars with a control plane.
+            from sidecar.config.ads_client import AdsClient, NodeIdentity
+
             self.xds = AdsClient(
                 target=link.address,
                 node=NodeIdentity(

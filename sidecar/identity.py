@@ -147,9 +147,10 @@ def _placeholder_certificate() -> tuple[bytes, bytes]:
     """
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
 
-    key = ec.generate_private_key(ec.SECP256R1())
+    from agentmesh.identity.keys import generate_key, private_key_pem
+
+    key = generate_key()
     name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "agentmesh-no-identity-yet")])
     now = datetime.datetime.now(datetime.UTC)
     certificate = (
@@ -162,10 +163,7 @@ def _placeholder_certificate() -> tuple[bytes, bytes]:
         .not_valid_after(now + datetime.timedelta(days=1))
         .sign(key, hashes.SHA256())
     )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return key_pem, certificate.public_bytes(serialization.Encoding.PEM)
+    return private_key_pem(key), certificate.public_bytes(serialization.Encoding.PEM)
 
 
 def server_configuration(material: IdentityMaterial) -> grpc.ServerCertificateConfiguration:

@@ -95,6 +95,19 @@ def emit(output: str, data: Any, human: Callable[[], str]) -> None:
         click.echo(human())
 
 
+def emit_secret(output: str, created: Message, secret: str, summary: str) -> None:
+    """Prints what was just created with a secret that is shown only this once.
+
+    With -o table the secret alone goes to stdout (so it can be captured) and
+    `summary` to stderr; json and yaml print every field, the secret among them.
+    """
+    if output != "table":
+        emit(output, message_data(created), lambda: "")
+        return
+    note(summary)
+    click.echo(secret)
+
+
 def message_data(message: Message) -> dict[str, Any]:
     """A protobuf message as json/yaml-ready data: proto field names, every field shown, times as RFC 3339."""
     return json_format.MessageToDict(

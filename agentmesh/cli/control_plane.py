@@ -7,12 +7,10 @@ import sys
 
 import click
 
+from agentmesh.cli._options import EXIT_CONFIG, EXIT_STARTUP, log_level_option
 from agentmesh.config.source import parse_duration
 from agentmesh.identity.spiffe import DEFAULT_TRUST_DOMAIN, check_trust_domain
 from agentmesh.telemetry.logs import configure_logging
-
-EXIT_CONFIG = 2
-EXIT_STARTUP = 3
 
 
 def _trust_domain(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -107,9 +105,7 @@ def _ttl(ctx: click.Context, param: click.Parameter, value: str) -> float:
     help="Envoy gateways require callers to present a mesh certificate (mutual TLS, SDS); "
     "plaintext leaves callers anonymous to access policies.",
 )
-@click.option(
-    "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True
-)
+@log_level_option
 def control_plane(
     listen: str,
     http_address: str,

@@ -12,37 +12,16 @@ invalid input; 3 the control plane cannot be reached.
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
 
 import click
 from google.protobuf import duration_pb2
 
 from agentmesh.cli._client import TOKEN_ENV, AdminClient, connection_options
-from agentmesh.cli._output import NONE, emit, message_data, note, output_option, table, utc_time, when
+from agentmesh.cli._options import LIFETIME
+from agentmesh.cli._output import NONE, emit, emit_secret, message_data, note, output_option, table, utc_time, when
 from agentmesh.v1 import control_pb2
 from control_plane.access.roles import ROLES
-
-_TTL: Final = re.compile(r"^(?P<value>\d+)(?P<unit>s|m|h|d)$")
-_UNIT: Final = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
-
-
-class TtlType(click.ParamType):
-    """A lifetime such as 90m, 12h or 30d."""
-
-    name = "DURATION"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> timedelta:
-        if isinstance(value, timedelta):
-            return value
-        match = _TTL.match(str(value).strip())
-        if match is None or int(match["value"]) == 0:
-            self.fail(f"{value!r} is not a lifetime: expected a positive number with s, m, h or d, e.g. 12h or 30d")
-        return timedelta(**{_UNIT[match["unit"]]: int(match["value"])})
-
-
-TTL = TtlType()
 
 
 def status(credential: control_pb2.Credential, now: datetime) -> str:
@@ -91,7 +70,7 @@ def credential() -> None:
     metavar="TEAM",
     help="Operators only: change only the policies of this team's agents; repeat for more. Default: every team.",
 )
-@click.option("--ttl", type=TTL, default=None, help="Lifetime, e.g. 12h or 30d. Default: no expiry.")
+@click.option("--ttl", type=LIFETIME, default=None, help="Lifetime, e.g. 12h or 30d. Default: no expiry.")
 @output_option
 @connection_options
 def create(name: str, role: str, teams: tuple[str, ...], ttl: timedelta | None, output: str) -> None:
@@ -114,15 +93,12 @@ def create(name: str, role: str, teams: tuple[str, ...], ttl: timedelta | None, 
         request.ttl.CopyFrom(duration_pb2.Duration(seconds=int(ttl.total_seconds())))
     with AdminClient.from_context() as client:
         created: control_pb2.Credential = client.call("CreateCredential", request)
-    if output != "table":
-        emit(output, message_data(created), lambda: "")
-        return
     scope = f", teams {', '.join(created.teams)}" if created.teams else ""
-    note(
+    summary = (
         f"credential/{created.id} created: {created.name}, role {created.role}{scope}, expires {_expiry(created)}\n"
         f"The token below is shown only once; use it with --token or {TOKEN_ENV}."
     )
-    click.echo(created.secret)
+    emit_secret(output, created, created.secret, summary)
 
 
 @credential.command(name="list")

@@ -9,10 +9,8 @@ from pathlib import Path
 
 import click
 
+from agentmesh.cli._options import EXIT_STARTUP, log_level_option
 from agentmesh.telemetry.logs import configure_logging
-
-EXIT_CONFIG = 2
-EXIT_STARTUP = 3
 
 
 def _token(join_token: str | None, join_token_file: Path | None) -> str | None:
@@ -75,9 +73,7 @@ def _token(join_token: str | None, join_token_file: Path | None) -> str | None:
     help="Seconds between gRPC's re-reads of the files (the bootstrap's file_watcher refresh_interval).",
 )
 @click.option("--metrics-listen", default="", help="host:port for Prometheus metrics (off by default).")
-@click.option(
-    "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True
-)
+@log_level_option
 def identity_agent(
     control_plane: str,
     join_token: str | None,

@@ -43,23 +43,54 @@ EXIT_INPUT = 2
     show_default=True,
     help="native: an init container with restartPolicy Always (Kubernetes 1.29+); container: a regular container.",
 )
-def inject_command(files: tuple[str, ...], output: str, config_map: str | None, image: str, sidecar_mode: str) -> None:
+@click.option(
+    "--join-token-secret",
+    metavar="NAME",
+    help="The Secret whose key `token` holds the sidecar's join token (`agentmesh token create`). "
+    "[default: <workload name>-agentmesh-join-token]",
+)
+@click.option(
+    "--identity/--no-identity",
+    default=True,
+    show_default=True,
+    help="Wire the sidecar's workload identity (mutual TLS): the join token from the Secret and a memory-backed "
+    "identity volume at /var/lib/agentmesh/identity. --no-identity: a plaintext sidecar, no Secret needed.",
+)
+def inject_command(
+    files: tuple[str, ...],
+    output: str,
+    config_map: str | None,
+    image: str,
+    sidecar_mode: str,
+    join_token_secret: str | None,
+    identity: bool,
+) -> None:
     """Add the AgentMesh sidecar to every workload in Kubernetes YAML.
 
     Deployments, StatefulSets, DaemonSets, ReplicaSets, Jobs, CronJobs and
     Pods get an `agentmesh-sidecar` container running `agentmesh sidecar -c
     /etc/agentmesh/agent.yaml` from the ConfigMap, with its ports, probes and
-    Prometheus annotations. Other objects pass through unchanged; already
-    injected workloads are left as they are. The result goes to stdout, a
-    line per object to stderr:
+    Prometheus annotations, and its join token from a Secret the pod waits
+    for. Other objects pass through unchanged; already injected workloads are
+    left as they are. The result goes to stdout, a line per object to stderr:
 
         kubectl kustomize DIR | agentmesh inject -f - | kubectl apply -f -
+
+    \b
+    The Secret, made by an admin (--uses: how many pods may enroll with it):
+        agentmesh token create --agent NAME --team TEAM --uses 10 --ttl 24h \\
+          | kubectl -n NS create secret generic NAME-agentmesh-join-token \\
+              --from-file=token=/dev/stdin
 
     Exit codes: 0 done, 2 unreadable or malformed input (the message names
     the file, document and field).
     """
     options = SidecarOptions(
-        image=image, config_map=config_map, mode="native" if sidecar_mode == "native" else "container"
+        image=image,
+        config_map=config_map,
+        mode="native" if sidecar_mode == "native" else "container",
+        identity=identity,
+        join_token_secret=join_token_secret,
     )
     try:
         documents: list[Document] = []

@@ -8,12 +8,9 @@ from pathlib import Path
 
 import click
 
+from agentmesh.cli._options import EXIT_CONFIG, EXIT_STARTUP, LOG_LEVELS
 from agentmesh.config import ConfigError
 from agentmesh.telemetry.logs import configure_logging
-
-# Exit codes scripts can rely on.
-EXIT_CONFIG = 2
-EXIT_STARTUP = 3
 
 
 @click.command()
@@ -27,9 +24,7 @@ EXIT_STARTUP = 3
     help="The agent's sidecar configuration (agent.yaml).",
 )
 @click.option("--check", is_flag=True, help="Validate the configuration and contract, print a summary, and exit.")
-@click.option(
-    "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="Overrides telemetry.log_level."
-)
+@click.option("--log-level", type=click.Choice(LOG_LEVELS), help="Overrides telemetry.log_level.")
 def sidecar(config_path: Path, check: bool, log_level: str | None) -> None:
     """Run the sidecar beside one agent.
 

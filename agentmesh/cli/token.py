@@ -13,33 +13,15 @@ invalid input; 3 the control plane cannot be reached.
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
 
 import click
 from google.protobuf import duration_pb2
 
 from agentmesh.cli._client import AdminClient, connection_options
-from agentmesh.cli._output import age, emit, message_data, note, output_option, table, utc_time, when
+from agentmesh.cli._options import LIFETIME
+from agentmesh.cli._output import age, emit, emit_secret, message_data, note, output_option, table, utc_time, when
 from agentmesh.v1 import control_pb2
-
-_TTL: Final = re.compile(r"^(?P<value>\d+)(?P<unit>s|m|h|d)$")
-_UNIT: Final = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
-
-
-class TokenTtl(click.ParamType):
-    """How long a join token may be used, e.g. 10m, 1h or 7d."""
-
-    name = "DURATION"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> timedelta:
-        if isinstance(value, timedelta):
-            return value
-        match = _TTL.match(str(value).strip())
-        if match is None or int(match["value"]) == 0:
-            self.fail(f"{value!r} is not a lifetime: expected a positive number with s, m, h or d, e.g. 1h or 7d")
-        return timedelta(**{_UNIT[match["unit"]]: int(match["value"])})
 
 
 def state(token: control_pb2.JoinToken, now: datetime) -> str:
@@ -88,7 +70,7 @@ def token() -> None:
 @token.command()
 @click.option("--agent", required=True, help="The agent the token lets a sidecar enroll as.")
 @click.option("--team", default="", help="The agent's team. Default: the team the agent registered with.")
-@click.option("--ttl", type=TokenTtl(), default="1h", show_default=True, help="How long the token may be used.")
+@click.option("--ttl", type=LIFETIME, default="1h", show_default=True, help="How long the token may be used.")
 @click.option("--uses", type=click.IntRange(min=1), default=1, show_default=True, help="Enrollments it allows.")
 @click.option("--description", default="", help="A note kept with the token (who or what it is for).")
 @output_option
@@ -118,16 +100,12 @@ def create(agent: str, team: str, ttl: timedelta, uses: int, description: str, o
     )
     with AdminClient.from_context() as client:
         created: control_pb2.JoinToken = client.call("CreateJoinToken", request)
-    if output != "table":
-        emit(output, message_data(created), lambda: "")
-        return
-    now = datetime.now(UTC)
-    note(
+    summary = (
         f"jointoken/{created.id} created for {created.spiffe_id}: {created.max_uses} use(s), "
-        f"expires {_expiry(created, now)} ({utc_time(when(created.expires))})\n"
+        f"expires {_expiry(created, datetime.now(UTC))} ({utc_time(when(created.expires))})\n"
         "The token below is shown only once; give it to the sidecar (AGENTMESH_JOIN_TOKEN)."
     )
-    click.echo(created.secret)
+    emit_secret(output, created, created.secret, summary)
 
 
 @token.command(name="list")

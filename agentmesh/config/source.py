@@ -119,12 +119,12 @@ def load_yaml_model(path: Path, model: type[Model]) -> Model:
         raise ConfigError(issues_from_validation(exc, source, positions)) from exc
 
 
-_DURATION = re.compile(r"^(?P<value>\d+(?:\.\d+)?)(?P<unit>ms|s|m|h)$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"^(?P<value>\d+(?:\.\d+)?)(?P<unit>ms|s|m|h|d)$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 def parse_duration(value: object) -> float:
-    """Parses '250ms', '5s', '2m', '1h' (or a bare number of seconds) into seconds."""
+    """Parses '250ms', '5s', '2m', '1h', '30d' (or a bare number of seconds) into seconds."""
     if isinstance(value, bool):
         raise ValueError("expected a duration such as '500ms', '5s' or '2m'")
     if isinstance(value, int | float):

@@ -12,6 +12,14 @@ By default it is a native sidecar (an init container with
 start-up probe, before the agent, so the agent's first egress call finds it,
 and it does not keep a Job from completing. `mode="container"` appends it to
 the pod's containers instead, for older clusters.
+
+Workload identity (mutual TLS, docs/identity.md): the sidecar enrolls with
+the control plane's CA using a join token it reads from a Secret
+(`AGENTMESH_JOIN_TOKEN`, key `token`; not optional, so a pod without its
+token waits instead of running in plaintext) and keeps its key and
+certificates in a memory-backed `emptyDir`. The volume lives as long as the
+pod: a restarted sidecar container renews the identity it holds, a new pod
+enrolls with the token again. `identity=False` injects neither.
 """
 
 from __future__ import annotations
@@ -26,6 +34,12 @@ SidecarMode = Literal["native", "container"]
 CONTAINER_NAME = "agentmesh-sidecar"
 CONFIG_VOLUME = "agentmesh-config"
 TMP_VOLUME = "agentmesh-tmp"
+IDENTITY_VOLUME = "agentmesh-identity"
+# agent.yaml's identity.dir must name this folder (the image's writable /var/lib/agentmesh).
+IDENTITY_DIR = "/var/lib/agentmesh/identity"
+# The sidecar reads its join token from this variable when agent.yaml names none (sidecar/identity.py).
+JOIN_TOKEN_ENV = "AGENTMESH_JOIN_TOKEN"
+JOIN_TOKEN_KEY = "token"
 CONFIG_DIR = "/etc/agentmesh"
 CONFIG_PATH = f"{CONFIG_DIR}/agent.yaml"
 DEFAULT_IMAGE = f"agentmesh/agentmesh:{__version__}"
@@ -57,19 +71,29 @@ SCRAPE_ANNOTATIONS = {
 
 @dataclass(frozen=True, kw_only=True)
 class SidecarOptions:
-    """What to inject: the image, the ConfigMap (default `<workload>-agentmesh`) and the mode."""
+    """What to inject: the image, the ConfigMap (default `<workload>-agentmesh`), the mode and the identity.
+
+    With `identity` (the default) the sidecar gets its join token from the
+    Secret `join_token_secret` (default `<workload>-agentmesh-join-token`) and
+    an identity volume.
+    """
 
     image: str = DEFAULT_IMAGE
     config_map: str | None = None
     mode: SidecarMode = DEFAULT_MODE
     image_pull_policy: str = "IfNotPresent"
+    identity: bool = True
+    join_token_secret: str | None = None
 
     def config_map_for(self, workload: str) -> str:
         return self.config_map or f"{workload}-agentmesh"
 
+    def join_token_secret_for(self, workload: str) -> str:
+        return self.join_token_secret or f"{workload}-agentmesh-join-token"
 
-def sidecar_container(options: SidecarOptions) -> dict[str, Any]:
-    """The sidecar container spec."""
+
+def sidecar_container(options: SidecarOptions, *, join_token_secret: str | None = None) -> dict[str, Any]:
+    """The sidecar container spec; with `join_token_secret`, its join token and identity folder too."""
     admin = {"port": "http-admin"}
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
@@ -114,15 +138,29 @@ def sidecar_container(options: SidecarOptions) -> dict[str, Any]:
             {"name": TMP_VOLUME, "mountPath": "/tmp"},
         ],
     }
+    if join_token_secret is not None:
+        container["env"].append(
+            {
+                "name": JOIN_TOKEN_ENV,
+                "valueFrom": {"secretKeyRef": {"name": join_token_secret, "key": JOIN_TOKEN_KEY}},
+            }
+        )
+        container["volumeMounts"].append({"name": IDENTITY_VOLUME, "mountPath": IDENTITY_DIR})
     return container
 
 
-def sidecar_volumes(config_map: str) -> list[dict[str, Any]]:
-    """The ConfigMap with agent.yaml and the contract, and a small scratch folder."""
-    return [
+def sidecar_volumes(config_map: str, *, identity: bool = True) -> list[dict[str, Any]]:
+    """The ConfigMap with agent.yaml and the contract, a small scratch folder and the identity folder.
+
+    The identity folder is memory-backed, so the private key is not written to the node's disk.
+    """
+    volumes: list[dict[str, Any]] = [
         {"name": CONFIG_VOLUME, "configMap": {"name": config_map}},
         {"name": TMP_VOLUME, "emptyDir": {"sizeLimit": "64Mi"}},
     ]
+    if identity:
+        volumes.append({"name": IDENTITY_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}})
+    return volumes
 
 
 def sidecar_annotations() -> dict[str, str]:

@@ -10,7 +10,9 @@ cannot take the sidecar (one of its ports or volume names is taken) and
 malformed objects are refused with the document and field path.
 
 When the input also holds the ConfigMap an injected pod mounts, its
-agent.yaml is checked for listeners the kubelet and other pods can reach.
+agent.yaml is checked for listeners the kubelet and other pods can reach, an
+advertised address other pods can reach, and (with the identity wiring) a
+control-plane link to enroll with and `identity.dir` on the identity volume.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from agentmesh.inject.sidecar import (
     ADMIN_PORT,
     CONTAINER_NAME,
     DEFAULT_CONTAINER_ANNOTATION,
+    IDENTITY_DIR,
     INBOUND_PORT,
     INJECT_ANNOTATION,
+    JOIN_TOKEN_ENV,
     PORTS,
     SCRAPE_ANNOTATIONS,
     SidecarOptions,
@@ -82,6 +86,7 @@ class InjectResult:
 class _Injected:
     namespace: str | None
     config_map: str
+    identity: bool
 
 
 def inject(documents: Sequence[Document], options: SidecarOptions) -> InjectResult:
@@ -152,17 +157,21 @@ def _visit(
     if spec.get("hostNetwork") is True:
         result.reports.append(Report(kind, label, "skipped", "hostNetwork pods share the node's ports"))
         return
-    if options.config_map is None and not (isinstance(name, str) and name):
-        raise doc.error(_join(prefix, "metadata.name"), "missing: name the workload or pass --config-map")
+    if not (isinstance(name, str) and name):
+        if options.config_map is None:
+            raise doc.error(_join(prefix, "metadata.name"), "missing: name the workload or pass --config-map")
+        if options.identity and options.join_token_secret is None:
+            raise doc.error(_join(prefix, "metadata.name"), "missing: name the workload or pass --join-token-secret")
     config_map = options.config_map_for(str(name))
+    secret = options.join_token_secret_for(str(name)) if options.identity else None
     _check_free(doc, spec, spec_path, containers, init_containers)
 
-    sidecar = sidecar_container(options)
+    sidecar = sidecar_container(options, join_token_secret=secret)
     if options.mode == "native":
         spec["initContainers"] = [sidecar, *init_containers]
     else:
         spec["containers"] = [*containers, sidecar]
-    spec["volumes"] = [*(spec.get("volumes") or []), *sidecar_volumes(config_map)]
+    spec["volumes"] = [*(spec.get("volumes") or []), *sidecar_volumes(config_map, identity=secret is not None)]
     if template_metadata is None:
         template_metadata = template["metadata"] = {}
     merged = template_metadata.get("annotations") or {}
@@ -174,7 +183,7 @@ def _visit(
             continue
         merged[key] = value
     merged.setdefault(DEFAULT_CONTAINER_ANNOTATION, containers[0]["name"])
-    injected.append(_Injected(namespace if isinstance(namespace, str) else None, config_map))
+    injected.append(_Injected(namespace if isinstance(namespace, str) else None, config_map, identity=options.identity))
     result.reports.append(Report(kind, label, "injected", "; ".join(notes)))
 
 
@@ -219,8 +228,8 @@ def _check_config_map(target: _Injected, config_maps: dict[tuple[str | None, str
         config = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         return [f"{where}: agent.yaml is not valid YAML: {exc}"]
-    listen = config.get("listen") if isinstance(config, dict) else None
-    listen = listen if isinstance(listen, dict) else {}
+    config = config if isinstance(config, dict) else {}
+    listen = _section(config, "listen")
     warnings = []
     for key_name, port, who in (("inbound", INBOUND_PORT, "other pods"), ("admin", ADMIN_PORT, "the kubelet")):
         default = f"127.0.0.1:{port}"
@@ -231,7 +240,43 @@ def _check_config_map(target: _Injected, config_maps: dict[tuple[str | None, str
                 f"{where}: agent.yaml listen.{key_name} is {address}: {who} reach the sidecar on the pod IP "
                 f"at port {port}; listen on 0.0.0.0:{port}"
             )
+    return warnings + _check_identity(where, config, identity=target.identity)
+
+
+def _check_identity(where: str, config: dict[str, Any], *, identity: bool) -> list[str]:
+    """Warnings about the control-plane link and identity section of an injected pod's agent.yaml."""
+    link = config.get("control_plane")
+    section = _section(config, "identity")
+    warnings = []
+    if isinstance(link, dict):
+        advertised = str(link.get("advertise_address") or "")
+        if not advertised or advertised.startswith(_LOOPBACK):
+            warnings.append(
+                f"{where}: agent.yaml control_plane.advertise_address is {advertised or 'not set'}: the sidecar "
+                f"registers an address other pods cannot reach; set it to ${{POD_IP}}:{INBOUND_PORT}"
+            )
+    elif identity:
+        warnings.append(
+            f"{where}: agent.yaml has no control_plane: the sidecar cannot enroll and runs in plaintext; "
+            f"link the control plane (e.g. address: agentmesh-control-plane.agentmesh.svc:15010)"
+        )
+    if section.get("join_token") is not None:
+        warnings.append(
+            f"{where}: agent.yaml identity.join_token puts a secret in a ConfigMap; remove it: the sidecar reads "
+            f"{JOIN_TOKEN_ENV} from the join-token Secret"
+        )
+    if identity and section.get("dir") != IDENTITY_DIR:
+        found = section.get("dir") or "not set (a folder in /tmp)"
+        warnings.append(
+            f"{where}: agent.yaml identity.dir is {found}: the sidecar's identity volume is mounted at "
+            f"{IDENTITY_DIR}; set identity.dir to it"
+        )
     return warnings
+
+
+def _section(config: dict[str, Any], key: str) -> dict[str, Any]:
+    value = config.get(key)
+    return value if isinstance(value, dict) else {}
 
 
 def _mapping(doc: Document, obj: dict[str, Any], key: str, prefix: str, *, required: bool) -> Any:

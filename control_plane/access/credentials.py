@@ -23,7 +23,6 @@ import hashlib
 import json
 import re
 import secrets
-import sqlite3
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from control_plane.access.roles import BOOTSTRAP_NAME, Caller, Role
+from control_plane.database import connect
 
 TOKEN_PREFIX: Final = "amc_"
 _TOKEN_BYTES: Final = 32
@@ -164,11 +164,7 @@ class CredentialStore:
         self._path = str(path)
         self._clock = clock or (lambda: datetime.now(UTC))
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
-        if self._path != ":memory:":
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA synchronous = NORMAL")
-        self._db.executescript(_SCHEMA)
+        self._db = connect(self._path, _SCHEMA, synchronous_normal=True)
 
     def __repr__(self) -> str:
         return f"CredentialStore({self._path!r})"

@@ -43,6 +43,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from agentmesh.identity.keys import generate_key, private_key_pem
 from agentmesh.identity.spiffe import SCHEME, InvalidSpiffeId, SpiffeId, check_trust_domain
 
 log = logging.getLogger(__name__)
@@ -172,12 +173,6 @@ def _write_private(path: Path, data: bytes, mode: int) -> None:
         with contextlib.suppress(FileNotFoundError):
             temporary.unlink()
         raise
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -582,7 +577,7 @@ def verify_possession(certificate: x509.Certificate, signature: bytes, data: byt
 
 
 def _new_root(trust_domain: str, now: dt.datetime) -> _Issuer:
-    key = ec.generate_private_key(ec.SECP256R1())
+    key = generate_key()
     certificate = _ca_certificate(
         common_name=f"AgentMesh root CA {trust_domain}",
         trust_domain=trust_domain,
@@ -599,7 +594,7 @@ def _load_or_make_root(directory: Path, trust_domain: str, now: dt.datetime) -> 
     if not cert_file.exists() and not key_file.exists():
         root = _new_root(trust_domain, now)
         try:
-            _write_private(key_file, _key_pem(root.key), 0o600)
+            _write_private(key_file, private_key_pem(root.key), 0o600)
             _write_private(cert_file, root.certificate.public_bytes(serialization.Encoding.PEM), 0o644)
         except OSError as exc:
             raise CaError(f"{directory}: cannot write the new root CA: {exc.strerror or exc}") from None
@@ -701,7 +696,7 @@ def _intermediate_problem(
 def _make_intermediate(directory: Path, trust_domain: str, root: _UserRoot, now: dt.datetime) -> _Issuer:
     """Signs a new intermediate with the root's key (read from its file for this only) and stores it."""
     root_key = _load_key(root.key_file, "root CA key (--ca-key)")
-    key = ec.generate_private_key(ec.SECP256R1())
+    key = generate_key()
     certificate = _ca_certificate(
         common_name=f"AgentMesh intermediate CA {trust_domain}",
         trust_domain=trust_domain,
@@ -712,7 +707,7 @@ def _make_intermediate(directory: Path, trust_domain: str, root: _UserRoot, now:
     )
     del root_key
     try:
-        _write_private(directory / INTERMEDIATE_KEY, _key_pem(key), 0o600)
+        _write_private(directory / INTERMEDIATE_KEY, private_key_pem(key), 0o600)
         _write_private(directory / INTERMEDIATE_CERT, certificate.public_bytes(serialization.Encoding.PEM), 0o644)
     except OSError as exc:
         raise CaError(f"{directory}: cannot write the intermediate CA: {exc.strerror or exc}") from None

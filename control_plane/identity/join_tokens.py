@@ -25,14 +25,14 @@ import re
 import secrets
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Final
 
 from agentmesh.identity.spiffe import SpiffeId, check_name
+from control_plane.database import connect, transaction
 
 PREFIX: Final = "amjt"
 DEFAULT_TTL: Final = timedelta(hours=1)
@@ -157,10 +157,7 @@ class JoinTokenStore:
         self._path = str(path)
         self._clock = clock or (lambda: datetime.now(UTC))
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None, timeout=10)
-        if self._path != ":memory:":
-            self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute(_SCHEMA)
+        self._db = connect(self._path, _SCHEMA, busy_timeout=10.0)
 
     def __repr__(self) -> str:
         return f"JoinTokenStore({self._path!r})"
@@ -168,17 +165,6 @@ class JoinTokenStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
 
     def create(
         self,
@@ -200,7 +186,7 @@ class JoinTokenStore:
         token_id = secrets.token_hex(_ID_BYTES)
         secret = secrets.token_urlsafe(_SECRET_BYTES)
         now = self._clock()
-        with self._write() as db:
+        with self._lock, transaction(self._db) as db:
             db.execute(
                 f"INSERT INTO join_tokens ({_COLUMNS}, secret_hash) VALUES (?, ?, ?, ?, ?, ?, 0, NULL, ?, ?, ?)",
                 (
@@ -237,7 +223,7 @@ class JoinTokenStore:
 
     def revoke(self, token_id: str) -> JoinToken:
         """Revokes a token (again: no change); raises JoinTokenNotFound."""
-        with self._write() as db:
+        with self._lock, transaction(self._db) as db:
             updated = db.execute(
                 "UPDATE join_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
                 (self._clock().isoformat(), token_id),
@@ -255,7 +241,7 @@ class JoinTokenStore:
     def consume(self, text: str) -> JoinToken:
         """Uses the token once and returns it (with the use counted); raises JoinTokenRefused saying why not."""
         token_id, secret = parse_token(text)
-        with self._write() as db:
+        with self._lock, transaction(self._db) as db:
             token = self._usable(db, token_id, secret)
             db.execute("UPDATE join_tokens SET uses = uses + 1 WHERE id = ?", (token_id,))
         return replace(token, uses=token.uses + 1)

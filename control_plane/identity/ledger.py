@@ -8,9 +8,10 @@ is also logged with its SPIFFE ID, serial and expiry.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from pathlib import Path
+
+from control_plane.database import connect
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS identity_counters (
@@ -27,10 +28,7 @@ class IssuanceLedger:
     def __init__(self, path: str | Path = ":memory:") -> None:
         self._path = str(path)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None, timeout=10)
-        if self._path != ":memory:":
-            self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute(_SCHEMA)
+        self._db = connect(self._path, _SCHEMA, busy_timeout=10.0)
 
     def __repr__(self) -> str:
         return f"IssuanceLedger({self._path!r})"

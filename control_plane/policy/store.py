@@ -30,14 +30,14 @@ import hashlib
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from agentmesh.config import ConfigError
+from control_plane.database import connect, transaction
 from control_plane.policy.model import KINDS, Policy, PolicyRef, policy_from_dict, policy_to_dict, render_yaml
 from control_plane.policy.validate import check_policy_set
 
@@ -163,12 +163,8 @@ class PolicyStore:
         self._path = str(path)
         self._clock = clock or (lambda: datetime.now(UTC))
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+        self._db = connect(self._path, _SCHEMA, synchronous_normal=True)
         self._db.execute("PRAGMA foreign_keys = ON")
-        if self._path != ":memory:":
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA synchronous = NORMAL")
-        self._db.executescript(_SCHEMA)
 
     def __repr__(self) -> str:
         return f"PolicyStore({self._path!r})"
@@ -182,17 +178,6 @@ class PolicyStore:
 
     def __exit__(self, *_: object) -> None:
         self.close()
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
 
     # --- reading --------------------------------------------------------------------------------------------------
 
@@ -341,7 +326,7 @@ class PolicyStore:
     ) -> ChangeResult:
         if not author:
             raise PolicyStoreError("author must not be empty")
-        with self._write() as db:
+        with self._lock, transaction(self._db) as db:
             current_version = self._current(db)
             before = self._load(db, current_version)
             after = dict(sorted(change(before).items()))

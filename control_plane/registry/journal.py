@@ -10,10 +10,10 @@ registry's TTL or it expires, as any silent instance does.
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 from pathlib import Path
 
+from control_plane.database import connect, transaction
 from control_plane.registry.instances import AgentInstance
 from control_plane.registry.registry import Registry
 
@@ -31,10 +31,7 @@ class RegistryJournal:
 
     def __init__(self, path: str | Path) -> None:
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        if str(path) != ":memory:":
-            self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute(_SCHEMA)
+        self._db = connect(path, _SCHEMA)
 
     def close(self) -> None:
         with self._lock:
@@ -62,15 +59,9 @@ class RegistryJournal:
             )
             for i in instances
         ]
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.execute("DELETE FROM registry_instances")
-                self._db.executemany("INSERT INTO registry_instances VALUES (?, ?, ?)", rows)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self._lock, transaction(self._db) as db:
+            db.execute("DELETE FROM registry_instances")
+            db.executemany("INSERT INTO registry_instances VALUES (?, ?, ?)", rows)
 
     def restore(self, registry: Registry) -> int:
         """Registers every saved instance; returns how many."""

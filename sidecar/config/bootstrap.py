@@ -9,6 +9,7 @@ the file, line and field path (agentmesh.config.ConfigError).
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -21,6 +22,7 @@ from agentmesh.config import load_yaml_model, parse_duration
 Seconds = Annotated[float, BeforeValidator(parse_duration)]
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _METHOD = re.compile(r"^/?[A-Za-z_][\w.]*[/.][A-Za-z_]\w*$")
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 DEFAULT_INBOUND = "127.0.0.1:15006"
 DEFAULT_EGRESS_GRPC = "127.0.0.1:15001"
@@ -46,6 +48,16 @@ Address = Annotated[str, BeforeValidator(lambda v: _address(str(v)))]
 def _resolve(path: str, info: ValidationInfo) -> Path:
     base = (info.context or {}).get("base_dir", Path.cwd())
     return (Path(base) / path).resolve()
+
+
+def _optional_file(value: Any, info: ValidationInfo) -> Path | None:
+    """An existing file, relative to the config file's folder; None when not given."""
+    if value is None:
+        return None
+    path = _resolve(str(value), info)
+    if not path.is_file():
+        raise ValueError(f"not found: {path}")
+    return path
 
 
 class AgentIdentity(_Strict):
@@ -141,12 +153,7 @@ class Contract(_Strict):
     @field_validator("descriptor_set", mode="before")
     @classmethod
     def _descriptor_path(cls, value: Any, info: ValidationInfo) -> Path | None:
-        if value is None:
-            return None
-        path = _resolve(str(value), info)
-        if not path.is_file():
-            raise ValueError(f"not found: {path}")
-        return path
+        return _optional_file(value, info)
 
     @field_validator("skills")
     @classmethod
@@ -219,11 +226,26 @@ class ControlPlaneLink(_Strict):
     address: Address
     # host:port other sidecars and proxies use to reach this inbound listener;
     # default: the inbound listen address (127.0.0.1 when it listens on all interfaces).
+    # `${NAME}` takes an environment variable: `${POD_IP}:15006` in a Kubernetes pod.
     advertise_address: Address | None = None
     zone: str = ""
     # Where the last good xDS config is saved (the sidecar starts from it when the
     # control plane is unreachable); default: a file in the temp folder named after the agent.
     config_cache: Path | None = None
+
+    @field_validator("advertise_address", mode="before")
+    @classmethod
+    def _expand_environment(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+
+        def variable(match: re.Match[str]) -> str:
+            name = match[1]
+            if not os.environ.get(name):
+                raise ValueError(f"{match[0]} in {value!r}: the environment variable {name} is not set")
+            return os.environ[name]
+
+        return _VARIABLE.sub(variable, value)
 
 
 IdentityMode = Literal["strict", "permissive"]
@@ -248,12 +270,7 @@ class IdentityConfig(_Strict):
     @field_validator("join_token_file", mode="before")
     @classmethod
     def _token_file(cls, value: Any, info: ValidationInfo) -> Path | None:
-        if value is None:
-            return None
-        path = _resolve(str(value), info)
-        if not path.is_file():
-            raise ValueError(f"not found: {path}")
-        return path
+        return _optional_file(value, info)
 
     @field_validator("dir", mode="before")
     @classmethod

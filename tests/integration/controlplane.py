@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -33,6 +34,11 @@ class ControlPlaneProcess:
         self.process: Process = start(f"control-plane-{self.grpc_port}", argv, tmp_path)
         wait_for(lambda: grpc_serving(self.address), what="control plane serving", process=self.process)
 
+    @property
+    def http_url(self) -> str:
+        """Where /healthz, /readyz and /metrics are served."""
+        return f"http://127.0.0.1:{self.http_port}"
+
     def env(self, **extra: str) -> dict[str, str]:
         return {**os.environ, "AGENTMESH_CONTROL_PLANE": self.address, "AGENTMESH_TOKEN": TOKEN, **extra}
 
@@ -40,6 +46,15 @@ class ControlPlaneProcess:
         return subprocess.run(
             [*AGENTMESH, *args], env=self.env(**env), cwd=ROOT, capture_output=True, text=True, timeout=60
         )
+
+    def proxy_status(self, node_id: str) -> dict[str, tuple[str, str]]:
+        """`agentmesh proxy-status -o json` for one node: type -> (status, error); empty while it is not connected."""
+        shown = self.cli("proxy-status", "-o", "json")
+        assert shown.returncode == 0, shown.stderr
+        for proxy in json.loads(shown.stdout).get("proxies", []):
+            if proxy["node_id"] == node_id:
+                return {r["type"]: (r["status"], r.get("error", "")) for r in proxy["resources"]}
+        return {}
 
     def stop(self) -> None:
         assert self.process.stop() == 0, self.process.output()

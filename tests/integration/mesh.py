@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
 import json
 import sys
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,9 @@ import yaml
 from google.protobuf import descriptor_pb2, descriptor_pool, duration_pb2, message_factory
 from google.protobuf.message import Message
 
+from agentmesh.identity.client import IdentityClient
+from agentmesh.identity.keys import generate_key
+from agentmesh.identity.material import IdentityMaterial
 from agentmesh.protoc import compile_descriptor_set
 from agentmesh.v1 import control_pb2, control_pb2_grpc
 from tests.integration.controlplane import TOKEN
@@ -183,6 +187,14 @@ def agent_with_sidecar(
         under_test.stop()
 
 
+def mtls_agent(
+    tmp: Path, control_plane: str, name: str, *, team: str = "examples", **overrides: Any
+) -> contextlib.AbstractContextManager[AgentUnderTest]:
+    """`agent_with_sidecar` linked to the control plane at `control_plane`, enrolling with a fresh join token."""
+    token = create_join_token(control_plane, name, team=team)
+    return agent_with_sidecar(tmp, name, join_token=token, control_plane={"address": control_plane}, **overrides)
+
+
 class Messages:
     """Message classes of the example contracts, built from their .proto files."""
 
@@ -239,6 +251,26 @@ def create_join_token(
     return str(token.secret)
 
 
+async def _enroll(control_plane: str, token: str) -> IdentityMaterial:
+    async with grpc.aio.insecure_channel(control_plane) as channel:
+        return await IdentityClient(channel).enroll(token, generate_key())
+
+
+def enroll(control_plane: str, token: str) -> IdentityMaterial:
+    """Enrolls with `token` through the Identity service, as a sidecar would; the key is made here."""
+    return asyncio.run(_enroll(control_plane, token))
+
+
+def status_of(call: Callable[[], object]) -> grpc.StatusCode:
+    """How a call ended: OK, or the code of the RpcError it raised."""
+    try:
+        call()
+    except grpc.RpcError as error:
+        code: grpc.StatusCode = error.code()
+        return code
+    return grpc.StatusCode.OK
+
+
 def unary(channel: grpc.Channel, path: str, request: Message, response_cls: type[Message], **kwargs: Any) -> Message:
     call = channel.unary_unary(
         path, request_serializer=lambda m: m.SerializeToString(), response_deserializer=response_cls.FromString
@@ -258,7 +290,10 @@ __all__ = [
     "admin_json",
     "agent_with_sidecar",
     "create_join_token",
+    "enroll",
     "grpc_serving",
+    "mtls_agent",
     "raw_unary",
+    "status_of",
     "unary",
 ]

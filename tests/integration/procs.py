@@ -22,6 +22,7 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from agentmesh.identity.delivery import envoy_sds_cluster
 
@@ -104,6 +105,18 @@ def http_ok(url: str) -> bool:
         return False
     except urllib.error.URLError:
         return False
+
+
+def metric(url: str, name: str, **labels: str) -> float:
+    """The sum of the samples named `name` matching `labels` on the /metrics page of the process at `url`."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 def grpc_serving(address: str, service: str = "") -> bool:

@@ -42,11 +42,11 @@ from control_plane.xds.ack_tracker import AckTracker, SyncStatus
 from control_plane.xds.cache import SnapshotCache
 from control_plane.xds.server import serve_xds
 from control_plane.xds.snapshot import CLUSTER_TYPE, LISTENER_TYPE, Snapshot
-from tests.integration.certs import TestCa
 from tests.integration.controlplane import ControlPlaneProcess
-from tests.integration.mesh import Messages, agent_with_sidecar, create_join_token
+from tests.integration.mesh import Messages, create_join_token, mtls_agent
 from tests.integration.procs import Process, envoy_binary, envoy_bootstrap, free_port, http_ok, start, wait_for
 from tests.integration.test_proxyless_mtls import IdentityAgentProcess, Impostor
+from tests.pki import TestCa
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -138,14 +138,6 @@ class Gateway:
                     outcomes[exc.code().name] += 1
         return outcomes
 
-    def proxy(self, node_id: str) -> dict[str, tuple[str, str]]:
-        shown = self.control_plane.cli("proxy-status", "-o", "json")
-        assert shown.returncode == 0, shown.stderr
-        for proxy in json.loads(shown.stdout).get("proxies", []):
-            if proxy["node_id"] == node_id:
-                return {r["type"]: (r["status"], r.get("error", "")) for r in proxy["resources"]}
-        return {}
-
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
@@ -161,10 +153,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
             tmp, tmp / "cp.db", "--gateway-port", str(port), "--gateway-mtls", "--workload-cert-ttl", "10s"
         )
         stack.callback(control_plane.process.stop)
-        token = create_join_token(control_plane.address, "researcher", team=TEAM)
-        stack.enter_context(
-            agent_with_sidecar(tmp, "researcher", join_token=token, control_plane={"address": control_plane.address})
-        )
+        stack.enter_context(mtls_agent(tmp, control_plane.address, "researcher", team=TEAM))
         identity = IdentityAgentProcess.start(
             "gateway",
             control_plane,
@@ -192,7 +181,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
 def test_envoy_calls_a_strict_mtls_sidecar_with_its_sds_certificate(gateway: Gateway) -> None:
     assert gateway.calls(10) == Counter({"research-sim-1": 10})
     wait_for(
-        lambda: all(gateway.proxy(NODE_ID).get(t, ("",))[0] == "SYNCED" for t in TYPES),
+        lambda: all(gateway.control_plane.proxy_status(NODE_ID).get(t, ("",))[0] == "SYNCED" for t in TYPES),
         what="Envoy SYNCED on every type",
     )
     # The certificate Envoy holds is the identity agent's (re-read each time: it rotates every few seconds).

@@ -33,13 +33,12 @@ from typing import Any
 
 import grpc
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.admin import Admin, document, node_id
 from tests.integration.backends import ECHO, WATCH, ProbeBackend, probe_messages, probe_with_sidecar
 from tests.integration.controlplane import ControlPlaneProcess
 from tests.integration.mesh import AgentUnderTest, Messages, agent_with_sidecar
-from tests.integration.procs import grpc_serving, start, wait_for
+from tests.integration.procs import grpc_serving, metric, start, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -141,17 +140,6 @@ def endpoints(sidecar: AgentUnderTest, cluster: str) -> dict[str, dict[str, Any]
     """The caller's live view of a cluster's endpoints, by address."""
     found = config_dump(sidecar.ports.admin_url)["clusters"].get(cluster, {}).get("endpoints", [])
     return {e["address"]: e for e in found}
-
-
-def metric(admin_url: str, name: str, **labels: str) -> float:
-    with urllib.request.urlopen(f"{admin_url}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return sum(
-        s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
-    )
 
 
 def retry_counter(mesh: Mesh, destination: str) -> Callable[[], float]:

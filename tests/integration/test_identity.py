@@ -11,7 +11,6 @@ import asyncio
 import datetime as dt
 import json
 import subprocess
-import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -19,11 +18,9 @@ import grpc
 import pytest
 from click.testing import CliRunner, Result
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import hashes
 from cryptography.x509 import verification
 from prometheus_client import CollectorRegistry
-from prometheus_client.parser import text_string_to_metric_families
 
 from agentmesh.cli import main
 from agentmesh.identity.client import IdentityClient, IdentityError
@@ -33,10 +30,10 @@ from agentmesh.identity.material import IdentityMaterial
 from agentmesh.identity.rotation import Rotator
 from agentmesh.identity.spiffe import SpiffeId
 from agentmesh.v1 import control_pb2, control_pb2_grpc
-from control_plane.identity.ca import ROOT_CERT, ROOT_KEY
-from tests.unit.identity.pki import forged_leaf, user_root
+from control_plane.identity.ca import ROOT_CERT
 from tests.integration.controlplane import TOKEN, ControlPlaneProcess
-from tests.integration.procs import AGENTMESH, ROOT
+from tests.integration.procs import AGENTMESH, ROOT, metric
+from tests.pki import control_plane_root, forged_leaf, user_root
 
 RESEARCHER = SpiffeId("agentmesh.local", "research", "researcher")
 TTL = "6s"
@@ -61,18 +58,8 @@ async def channel(cp: ControlPlaneProcess) -> AsyncIterator[grpc.aio.Channel]:
         yield opened
 
 
-def metric(cp: ControlPlaneProcess, name: str, **labels: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{cp.http_port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return float(sample.value)
-    return 0.0
-
-
 def refused(cp: ControlPlaneProcess, operation: str, reason: str) -> float:
-    return metric(cp, "agentmesh_identity_requests_refused_total", operation=operation, reason=reason)
+    return metric(cp.http_url, "agentmesh_identity_requests_refused_total", operation=operation, reason=reason)
 
 
 def cli(cp: ControlPlaneProcess, *args: str, token: str = TOKEN) -> Result:
@@ -102,7 +89,7 @@ def verify_chain(material: IdentityMaterial, roots_pem: bytes) -> None:
 async def test_enroll_and_renew(cp: ControlPlaneProcess, channel: grpc.aio.Channel) -> None:
     token = create_token(cp, "--agent", "researcher", "--team", "research")
     client = IdentityClient(channel)
-    issued_before = metric(cp, "agentmesh_identity_certificates_issued_total", operation="enroll")
+    issued_before = metric(cp.http_url, "agentmesh_identity_certificates_issued_total", operation="enroll")
     material = await client.enroll(token, generate_key())
     assert material.spiffe_id == RESEARCHER
     assert material.not_after - material.not_before == dt.timedelta(seconds=66)  # 1 min backdated + 6s
@@ -112,8 +99,9 @@ async def test_enroll_and_renew(cp: ControlPlaneProcess, channel: grpc.aio.Chann
     renewed = await client.renew(material, generate_key())
     assert renewed.spiffe_id == RESEARCHER
     verify_chain(renewed, material.trust_bundle_pem)
-    assert metric(cp, "agentmesh_identity_certificates_issued_total", operation="enroll") == issued_before + 1
-    assert metric(cp, "agentmesh_identity_issuer_expiry_timestamp_seconds") > dt.datetime.now(dt.UTC).timestamp()
+    assert metric(cp.http_url, "agentmesh_identity_certificates_issued_total", operation="enroll") == issued_before + 1
+    expiry = metric(cp.http_url, "agentmesh_identity_issuer_expiry_timestamp_seconds")
+    assert expiry > dt.datetime.now(dt.UTC).timestamp()
 
 
 async def test_every_refusal_has_its_status_and_metric(
@@ -176,9 +164,7 @@ async def test_every_refusal_has_its_status_and_metric(
     error = await refusal("renew", "invalid_csr", renew(material.certificate_chain_pem, request_csr=b"junk"))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
 
-    root = x509.load_pem_x509_certificate((cp_dir / "cp.db.ca" / ROOT_CERT).read_bytes())
-    root_key = serialization.load_pem_private_key((cp_dir / "cp.db.ca" / ROOT_KEY).read_bytes(), None)
-    assert isinstance(root_key, ec.EllipticCurvePrivateKey)
+    root, root_key = control_plane_root(cp_dir / "cp.db.ca")
     now = dt.datetime.now(dt.UTC)
     expired = forged_leaf(
         root,

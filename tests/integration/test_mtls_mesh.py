@@ -12,7 +12,6 @@ first certificate; a restart reusing the persisted identity without a token.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import time
 import urllib.error
@@ -24,8 +23,6 @@ from typing import Any
 import grpc
 import pytest
 
-from agentmesh.identity.client import IdentityClient
-from agentmesh.identity.keys import generate_key
 from agentmesh.identity.material import IdentityMaterial
 from agentmesh.identity.spiffe import SpiffeId
 from agentmesh.v1 import control_pb2, control_pb2_grpc
@@ -33,10 +30,20 @@ from sidecar.app import load_contract
 from sidecar.config.bootstrap import Bootstrap
 from sidecar.config.registration import Registrar
 from sidecar.contract.manifest import build_manifest
-from tests.integration.certs import TestCa, self_signed
 from tests.integration.controlplane import TOKEN, ControlPlaneProcess
-from tests.integration.mesh import AgentUnderTest, Messages, admin_json, agent_with_sidecar, create_join_token, unary
+from tests.integration.mesh import (
+    AgentUnderTest,
+    Messages,
+    admin_json,
+    agent_with_sidecar,
+    create_join_token,
+    enroll,
+    mtls_agent,
+    status_of,
+    unary,
+)
 from tests.integration.procs import EXAMPLES, free_port, wait_for
+from tests.pki import TestCa, self_signed
 
 SEARCH = "/research.v1.Researcher/Search"
 TEAM = "examples"
@@ -64,16 +71,6 @@ def short_lived(tmp_path: Path) -> Iterator[ControlPlaneProcess]:
     process.process.stop()
 
 
-def mtls_agent(
-    tmp_path: Path, control_plane: ControlPlaneProcess, name: str, **overrides: Any
-) -> contextlib.AbstractContextManager[AgentUnderTest]:
-    """An example agent whose sidecar enrolls with a fresh join token and links the control plane."""
-    token = create_join_token(control_plane.address, name, team=TEAM)
-    return agent_with_sidecar(
-        tmp_path, name, join_token=token, control_plane={"address": control_plane.address}, **overrides
-    )
-
-
 def search(messages: Messages, channel: grpc.Channel, **kwargs: Any) -> Any:
     request = messages("research.v1.SearchRequest", query="through the mesh", max_results=1)
     return unary(channel, SEARCH, request, messages.cls("research.v1.SearchResponse"), timeout=10, **kwargs)
@@ -98,8 +95,8 @@ def test_two_sidecars_call_each_other_over_mtls(
     tmp_path: Path, control_plane: ControlPlaneProcess, messages: Messages
 ) -> None:
     with (
-        mtls_agent(tmp_path, control_plane, "researcher") as researcher,
-        mtls_agent(tmp_path, control_plane, "writer") as writer,
+        mtls_agent(tmp_path, control_plane.address, "researcher") as researcher,
+        mtls_agent(tmp_path, control_plane.address, "writer") as writer,
     ):
         for under_test, spiffe_id in ((researcher, RESEARCHER), (writer, WRITER)):
             identity = under_test.identity()
@@ -121,11 +118,9 @@ def test_two_sidecars_call_each_other_over_mtls(
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-async def enroll(control_plane: ControlPlaneProcess, agent: str, team: str = TEAM) -> IdentityMaterial:
+def enroll_as(control_plane: ControlPlaneProcess, agent: str, team: str = TEAM) -> IdentityMaterial:
     """A mesh certificate for `agent`, enrolled from the test with a join token (the key stays here)."""
-    token = create_join_token(control_plane.address, agent, team=team)
-    async with grpc.aio.insecure_channel(control_plane.address) as channel:
-        return await IdentityClient(channel).enroll(token, generate_key())
+    return enroll(control_plane.address, create_join_token(control_plane.address, agent, team=team))
 
 
 def tls_search(messages: Messages, address: str, material: IdentityMaterial, *, bundle: bytes | None = None) -> Any:
@@ -145,24 +140,15 @@ def plaintext_search(messages: Messages, address: str) -> Any:
         return search(messages, channel)
 
 
-def outcome(call: Any) -> grpc.StatusCode:
-    try:
-        call()
-    except grpc.RpcError as error:
-        code: grpc.StatusCode = error.code()
-        return code
-    return grpc.StatusCode.OK
-
-
 def test_strict_refuses_every_caller_without_a_valid_mesh_certificate(
     tmp_path: Path, short_lived: ControlPlaneProcess, messages: Messages
 ) -> None:
     # Certificates of this control plane live 4 s: `expired` is one of its own, used after its end.
-    expired = asyncio.run(enroll(short_lived, "intruder"))
-    with mtls_agent(tmp_path, short_lived, "researcher") as researcher:
+    expired = enroll_as(short_lived, "intruder")
+    with mtls_agent(tmp_path, short_lived.address, "researcher") as researcher:
         address = researcher.ports.inbound_address
         bundle = expired.trust_bundle_pem
-        valid = asyncio.run(enroll(short_lived, "caller"))
+        valid = enroll_as(short_lived, "caller")
         other_ca = TestCa("another root")
         attempts = {
             "plaintext": lambda: plaintext_search(messages, address),
@@ -173,14 +159,14 @@ def test_strict_refuses_every_caller_without_a_valid_mesh_certificate(
             ),
         }
         # The transport admits a current mesh certificate (what it may call is the access policy's business).
-        assert outcome(lambda: tls_search(messages, address, valid)) != grpc.StatusCode.UNAVAILABLE
+        assert status_of(lambda: tls_search(messages, address, valid)) != grpc.StatusCode.UNAVAILABLE
         while datetime.datetime.now(datetime.UTC) < expired.not_after:
             time.sleep(0.2)
         attempts["expired"] = lambda: tls_search(messages, address, expired)
-        codes = {name: outcome(attempt) for name, attempt in attempts.items()}
+        codes = {name: status_of(attempt) for name, attempt in attempts.items()}
         assert codes == dict.fromkeys(attempts, grpc.StatusCode.UNAVAILABLE)
         # The sidecar kept serving through all of it.
-        assert outcome(lambda: tls_search(messages, address, asyncio.run(enroll(short_lived, "caller")))) != (
+        assert status_of(lambda: tls_search(messages, address, enroll_as(short_lived, "caller"))) != (
             grpc.StatusCode.UNAVAILABLE
         )
         assert researcher.sidecar is not None and researcher.sidecar.alive()
@@ -199,8 +185,8 @@ def test_permissive_accepts_plaintext_and_mtls_and_counts_plaintext(
     tmp_path: Path, control_plane: ControlPlaneProcess, messages: Messages
 ) -> None:
     with (
-        mtls_agent(tmp_path, control_plane, "researcher", identity={"mode": "permissive"}) as researcher,
-        mtls_agent(tmp_path, control_plane, "writer") as writer,
+        mtls_agent(tmp_path, control_plane.address, "researcher", identity={"mode": "permissive"}) as researcher,
+        mtls_agent(tmp_path, control_plane.address, "writer") as writer,
     ):
         assert researcher.identity()["mode"] == "permissive"
         before = plaintext_connections(researcher)
@@ -261,8 +247,8 @@ def test_a_restarted_sidecar_reuses_its_persisted_identity_without_a_token(
     tmp_path: Path, control_plane: ControlPlaneProcess, messages: Messages
 ) -> None:
     with (
-        mtls_agent(tmp_path, control_plane, "researcher") as researcher,
-        mtls_agent(tmp_path, control_plane, "writer") as writer,
+        mtls_agent(tmp_path, control_plane.address, "researcher") as researcher,
+        mtls_agent(tmp_path, control_plane.address, "writer") as writer,
     ):
         first = researcher.identity()
         wait_for(lambda: reaches(messages, writer), what="writer → researcher over mTLS")
@@ -312,7 +298,7 @@ async def test_the_caller_refuses_a_server_that_is_not_the_agent_it_expects(
     # An instance registers as the researcher, but its certificate (a real one of this mesh) names another agent.
     bootstrap = Bootstrap.load(EXAMPLES / "researcher" / "agent.yaml")
     manifest = build_manifest(load_contract(bootstrap), bootstrap.agent.model_copy(update={"team": TEAM}))
-    intruder = await enroll(control_plane, "intruder")
+    intruder = await asyncio.to_thread(enroll_as, control_plane, "intruder")
     impostor = _Impostor(manifest)
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((impostor,))
@@ -335,7 +321,7 @@ async def test_the_caller_refuses_a_server_that_is_not_the_agent_it_expects(
     registering = asyncio.ensure_future(registrar.run())
     try:
         await _until(registrar.registered.is_set, "the impostor's registration")
-        with mtls_agent(tmp_path, control_plane, "writer") as writer:
+        with mtls_agent(tmp_path, control_plane.address, "writer") as writer:
             clusters = lambda: admin_json(writer.ports, "/config_dump")["clusters"]  # noqa: E731
             await _until(lambda: "agent/researcher/v1" in clusters(), "the researcher's cluster at the writer")
             request = messages("research.v1.SearchRequest", query="who are you", max_results=1)

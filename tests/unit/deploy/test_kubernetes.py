@@ -6,35 +6,64 @@ after `agentmesh inject` too. The control plane's probes, security and ports,
 the example's ConfigMap (a valid agent.yaml with its contract) and the
 autoscaler's metric (the sidecar's own gauge, through the prometheus-adapter
 rule) are checked against the code they depend on.
+
+Identity: the control plane's arguments, as rendered (with and without the
+root-ca component), start a real control plane whose CA lands on the
+database volume; the join-token Secret made by the documented `agentmesh
+token create | kubectl create secret` pipeline is the one the injected
+sidecar reads, and its token enrolls as the example agent.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import datetime as dt
+import os
+import re
 import subprocess
+import sys
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+import grpc
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from agentmesh.cli.control_plane import control_plane as control_plane_command
+from agentmesh.identity.client import IdentityClient, IdentityError
+from agentmesh.identity.keys import generate_key
 from agentmesh.inject import SidecarOptions, inject, read_documents
-from agentmesh.inject.sidecar import ADMIN_PORT, INBOUND_PORT, RUN_AS
+from agentmesh.inject.sidecar import ADMIN_PORT, IDENTITY_DIR, INBOUND_PORT, JOIN_TOKEN_ENV, RUN_AS
 from sidecar.app import load_contract
 from sidecar.config.bootstrap import Bootstrap
+from sidecar.identity import JOIN_TOKEN_ENV as SIDECAR_JOIN_TOKEN_ENV
+from sidecar.identity import plan_identity
 from sidecar.stats import SidecarStats
-from tests.unit.deploy.conftest import DEPLOY, tool
+from tests.integration.controlplane import TOKEN as ADMIN
+from tests.integration.controlplane import ControlPlaneProcess
+from tests.integration.procs import free_port, grpc_serving, start, wait_for
+from tests.unit.deploy.conftest import DEPLOY, ROOT, tool
 
 KUBERNETES = DEPLOY / "kubernetes"
 K8S_VERSION = kubernetes_validate.latest_version()
+ROOT_CA = KUBERNETES / "components" / "root-ca"
 
 
 @cache
 def render(folder: str) -> tuple[dict[str, Any], ...]:
+    return render_path(KUBERNETES / folder)
+
+
+def render_path(folder: Path) -> tuple[dict[str, Any], ...]:
     result = subprocess.run(
-        [str(tool("kubectl")), "kustomize", "--load-restrictor=LoadRestrictionsNone", str(KUBERNETES / folder)],
+        [str(tool("kubectl")), "kustomize", "--load-restrictor=LoadRestrictionsNone", str(folder)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -42,6 +71,19 @@ def render(folder: str) -> tuple[dict[str, Any], ...]:
     )
     assert result.returncode == 0, result.stderr
     return tuple(d for d in yaml.safe_load_all(result.stdout) if d)
+
+
+def render_with_root_ca(tmp_path: Path) -> tuple[dict[str, Any], ...]:
+    """An overlay as the component's comment tells operators to write one: the base plus components/root-ca."""
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    relative = Path(os.path.relpath(KUBERNETES, overlay))
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {"resources": [str(relative / "base")], "components": [str(relative / "components" / "root-ca")]}
+        )
+    )
+    return render_path(overlay)
 
 
 def only(objects: tuple[dict[str, Any], ...], kind: str) -> dict[str, Any]:
@@ -173,7 +215,8 @@ def test_the_injected_example_is_valid_and_matches_its_config_map(tmp_path):
     assert service["spec"]["ports"][0]["targetPort"] == INBOUND_PORT
 
 
-def test_the_example_config_map_is_a_working_agent_yaml(tmp_path):
+def test_the_example_config_map_is_a_working_agent_yaml(tmp_path, monkeypatch):
+    monkeypatch.setenv("POD_IP", "10.0.3.7")  # from the downward API in the injected sidecar
     data = only(render("examples"), "ConfigMap")["data"]
     for name, text in data.items():
         (tmp_path / name).write_text(text)
@@ -210,3 +253,233 @@ def test_autoscaler_uses_the_sidecar_in_flight_gauge_through_the_adapter_rule():
     ).start()
     body, _ = stats.exposition("text/plain")
     assert f'{name}{{destination_agent="researcher",direction="inbound"}} 1.0' in body.decode()
+
+
+# --- identity -----------------------------------------------------------------------------------------------------
+
+
+def args_of(container_spec: dict[str, Any]) -> dict[str, str]:
+    return dict(a.split("=", 1) for a in container_spec["args"][1:])
+
+
+def test_control_plane_keeps_its_ca_on_the_database_volume():
+    cp = container(render("base"), "control-plane")
+    args = args_of(cp)
+    db_dir = Path(args["--db"]).parent
+    assert Path(args["--ca-dir"]).is_relative_to(db_dir)  # on the PersistentVolumeClaim, backed up with the database
+    assert "--ca-cert" not in args and "--ca-key" not in args  # its own root unless components/root-ca is added
+    data = only(render("base"), "ConfigMap")["data"]
+    env = {
+        e["name"]: e["valueFrom"]["configMapKeyRef"]["key"]
+        for e in cp["env"]
+        if "configMapKeyRef" in e.get("valueFrom", {})
+    }
+    assert args["--trust-domain"] == "$(TRUST_DOMAIN)" and data[env["TRUST_DOMAIN"]] == "agentmesh.local"
+    assert args["--workload-cert-ttl"] == "$(WORKLOAD_CERT_TTL)" and data[env["WORKLOAD_CERT_TTL"]] == "24h"
+
+
+def test_the_root_ca_component_mounts_the_secret_and_passes_it(tmp_path):
+    objects = render_with_root_ca(tmp_path)
+    for obj in objects:
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    cp = container(objects, "control-plane")
+    args = args_of(cp)
+    known = {opt for param in control_plane_command.params for opt in param.opts}
+    assert set(args) <= known
+    pod = only(objects, "Deployment")["spec"]["template"]["spec"]
+    [mount] = [m for m in cp["volumeMounts"] if m["name"] == "ca-root"]
+    assert mount["readOnly"] is True
+    [volume] = [v for v in pod["volumes"] if v["name"] == "ca-root"]
+    secret = volume["secret"]
+    assert secret["secretName"] == "agentmesh-ca-root"
+    assert {i["key"]: i["path"] for i in secret["items"]} == {"ca.crt": "ca.crt", "ca.key": "ca.key"}
+    assert args["--ca-cert"] == f"{mount['mountPath']}/ca.crt"
+    assert args["--ca-key"] == f"{mount['mountPath']}/ca.key"
+    # Group-readable only: the pod's fsGroup is the control plane's group.
+    assert secret["defaultMode"] == 0o440 and pod["securityContext"]["fsGroup"] == RUN_AS
+    # Everything else is the base's.
+    base = only(render("base"), "Deployment")["spec"]["template"]["spec"]
+    assert cp["args"][: len(base["containers"][0]["args"])] == base["containers"][0]["args"]
+
+
+def write_root_ca(folder: Path) -> bytes:
+    """A user root CA as an operator would put it into the agentmesh-ca-root Secret (ca.crt, ca.key)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Example Corp root")])
+    now = dt.datetime.now(dt.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    folder.mkdir(parents=True)
+    pem = certificate.public_bytes(serialization.Encoding.PEM)
+    (folder / "ca.crt").write_bytes(pem)
+    (folder / "ca.key").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    for file in folder.iterdir():
+        file.chmod(0o440)
+    return pem
+
+
+@pytest.mark.parametrize("variant", ["own root", "root-ca component"])
+def test_the_rendered_control_plane_arguments_start_a_ca_on_the_volume(tmp_path, variant):
+    """The container's args as Kubernetes would expand them, each mount a folder here, run as a real process."""
+    objects = render("base") if variant == "own root" else render_with_root_ca(tmp_path)
+    cp = container(objects, "control-plane")
+    data = only(objects, "ConfigMap")["data"]
+    variables = {
+        e["name"]: data[e["valueFrom"]["configMapKeyRef"]["key"]]
+        for e in cp["env"]
+        if "configMapKeyRef" in e.get("valueFrom", {})
+    }
+    mounts = {m["mountPath"]: tmp_path / m["name"] for m in cp["volumeMounts"]}
+    root_pem = write_root_ca(mounts["/etc/agentmesh/ca-root"]) if variant != "own root" else None
+    grpc_port, http_port = free_port(), free_port()
+
+    def local(arg: str) -> str:
+        arg = re.sub(r"\$\((\w+)\)", lambda m: variables[m[1]], arg)
+        option, _, value = arg.partition("=")
+        if option == "--listen":
+            return f"--listen=127.0.0.1:{grpc_port}"
+        if option == "--http":
+            return f"--http=127.0.0.1:{http_port}"
+        for mount_path, folder in mounts.items():
+            if value.startswith(mount_path + "/"):
+                folder.mkdir(exist_ok=True)
+                return f"{option}={folder}{value[len(mount_path) :]}"
+        return arg
+
+    argv = [sys.executable, "-m", "agentmesh.cli", *(local(a) for a in cp["args"]), "--token", ADMIN]
+    process = start(f"control-plane-{variant.replace(' ', '-')}", argv, tmp_path)
+    try:
+        wait_for(lambda: grpc_serving(f"127.0.0.1:{grpc_port}"), what="control plane serving", process=process)
+        ca_dir = mounts["/var/lib/agentmesh"] / "ca"
+        if root_pem is None:
+            assert (ca_dir / "root-cert.pem").is_file() and (ca_dir / "root-key.pem").is_file()
+        else:
+            assert (ca_dir / "intermediate-cert.pem").is_file() and not (ca_dir / "root-key.pem").exists()
+        bundle = subprocess.run(
+            [sys.executable, "-m", "agentmesh.cli", "ca", "bundle", "--control-plane", f"127.0.0.1:{grpc_port}"],
+            env={**os.environ, "AGENTMESH_TOKEN": ADMIN},
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        assert bundle.returncode == 0, bundle.stderr
+        if root_pem is not None:
+            assert bundle.stdout.strip() == root_pem.strip()  # peers trust the user's root
+        else:
+            assert bundle.stdout.strip() == (ca_dir / "root-cert.pem").read_bytes().strip()
+    finally:
+        assert process.stop() == 0, process.output()
+
+
+def injected_example() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The example after `agentmesh inject`: its pod spec and its sidecar."""
+    result = inject(read_documents(yaml.safe_dump_all(render("examples")), "examples"), SidecarOptions())
+    [deployment] = [b for b in result.bodies if b["kind"] == "Deployment"]
+    spec = deployment["spec"]["template"]["spec"]
+    [sidecar] = [c for c in spec["initContainers"] if c["name"] == "agentmesh-sidecar"]
+    return spec, sidecar
+
+
+def test_the_injected_sidecar_reads_its_token_and_keeps_its_identity_where_agent_yaml_says(tmp_path, monkeypatch):
+    spec, sidecar = injected_example()
+    data = only(render("examples"), "ConfigMap")["data"]
+    for name, text in data.items():
+        (tmp_path / name).write_text(text)
+    env = {e["name"]: e for e in sidecar["env"]}
+    assert JOIN_TOKEN_ENV == SIDECAR_JOIN_TOKEN_ENV
+    ref = env[JOIN_TOKEN_ENV]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "researcher-agentmesh-join-token", "key": "token"}  # not optional: no token, no start
+    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+
+    monkeypatch.setenv("POD_IP", "10.0.3.7")
+    bootstrap = Bootstrap.load(tmp_path / "agent.yaml")
+    assert bootstrap.control_plane is not None
+    assert bootstrap.control_plane.advertise_address == f"10.0.3.7:{INBOUND_PORT}"  # each replica, directly
+    service = only(render("base"), "Service")
+    grpc_port = {p["name"]: p["port"] for p in service["spec"]["ports"]}["grpc"]
+    namespace = service["metadata"]["namespace"]
+    assert bootstrap.control_plane.address == f"{service['metadata']['name']}.{namespace}.svc:{grpc_port}"
+    assert str(bootstrap.identity.dir) == IDENTITY_DIR
+    [mount] = [m for m in sidecar["volumeMounts"] if m["mountPath"] == IDENTITY_DIR]
+    [volume] = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+    assert volume["emptyDir"]["medium"] == "Memory"
+    plan = plan_identity(bootstrap, environ={JOIN_TOKEN_ENV: "amjt.a.b"}, persisted=lambda _: False)
+    assert plan.enabled and plan.mode == "strict" and plan.join_token == "amjt.a.b"
+
+
+def test_an_unset_pod_ip_is_a_precise_config_error(tmp_path, monkeypatch):
+    for name, text in only(render("examples"), "ConfigMap")["data"].items():
+        (tmp_path / name).write_text(text)
+    monkeypatch.delenv("POD_IP", raising=False)
+    with pytest.raises(Exception, match=r"control_plane\.advertise_address: \$\{POD_IP\}.*POD_IP is not set"):
+        Bootstrap.load(tmp_path / "agent.yaml")
+
+
+def documented_secret_command() -> str:
+    """The `agentmesh token create ... | kubectl create secret ...` pipeline from the example's kustomization."""
+    comment = [
+        line.removeprefix("#").strip()
+        for line in (KUBERNETES / "examples" / "kustomization.yaml").read_text().splitlines()
+        if line.startswith("#")
+    ]
+    start = next(i for i, line in enumerate(comment) if line.startswith("agentmesh token create"))
+    lines = [comment[start]]
+    while lines[-1].endswith("\\"):
+        lines.append(comment[start + len(lines)])
+    return " ".join(line.removesuffix("\\").strip() for line in lines)
+
+
+async def enroll(address: str, token: str) -> str:
+    async with grpc.aio.insecure_channel(address) as channel:
+        material = await IdentityClient(channel).enroll(token, generate_key())
+    return material.spiffe_id.uri
+
+
+def test_the_documented_secret_pipeline_makes_the_secret_the_sidecar_reads(tmp_path):
+    command = documented_secret_command()
+    assert "--from-file=token=/dev/stdin" in command
+    control_plane = ControlPlaneProcess(tmp_path, tmp_path / "cp.db")
+    try:
+        path = os.pathsep.join([str(tool("kubectl").parent), str(Path(sys.executable).parent), os.environ["PATH"]])
+        env = control_plane.env(PATH=path)
+        result = subprocess.run(
+            ["bash", "-o", "pipefail", "-c", f"{command} --dry-run=client -o yaml"],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        secret = yaml.safe_load(result.stdout)
+        kubernetes_validate.validate(secret, K8S_VERSION, strict=True)
+        _, sidecar = injected_example()
+        [ref] = [e["valueFrom"]["secretKeyRef"] for e in sidecar["env"] if e["name"] == JOIN_TOKEN_ENV]
+        assert secret["metadata"] == {
+            "name": ref["name"],
+            "namespace": only(render("examples"), "Namespace")["metadata"]["name"],
+        }
+        token = base64.b64decode(secret["data"][ref["key"]]).decode().strip()
+        uses = int(command.split("--uses ")[1].split()[0])
+        for _ in range(uses):
+            assert (
+                asyncio.run(enroll(control_plane.address, token))
+                == "spiffe://agentmesh.local/team/research/agent/researcher"
+            )
+        with pytest.raises(IdentityError, match=f"already used {uses} of {uses}"):
+            asyncio.run(enroll(control_plane.address, token))
+    finally:
+        control_plane.stop()

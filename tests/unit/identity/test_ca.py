@@ -28,7 +28,7 @@ from control_plane.identity.ca import (
     parse_csr,
     verify_possession,
 )
-from tests.unit.identity.pki import NOW, Clock, csr_pem, forged_leaf, user_root
+from tests.pki import NOW, Clock, csr_pem, forged_leaf, user_root
 
 RESEARCHER = SpiffeId("agentmesh.local", "research", "researcher")
 

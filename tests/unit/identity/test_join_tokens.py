@@ -18,7 +18,7 @@ from control_plane.identity.join_tokens import (
     JoinTokenRefused,
     JoinTokenStore,
 )
-from tests.unit.identity.pki import NOW, Clock
+from tests.pki import NOW, Clock
 
 
 @pytest.fixture

@@ -18,8 +18,8 @@ from agentmesh.identity.rotation import Rotator
 from agentmesh.identity.spiffe import SpiffeId
 from control_plane.identity.ca import CertificateAuthority
 from control_plane.identity.join_tokens import JoinTokenStore
-from tests.unit.identity.conftest import IdentityServer, start_identity_server, stop_identity_server
 from tests.integration.procs import free_port
+from tests.unit.identity.conftest import IdentityServer, start_identity_server, stop_identity_server
 
 RESEARCHER = SpiffeId("agentmesh.local", "research", "researcher")
 

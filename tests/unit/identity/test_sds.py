@@ -19,7 +19,7 @@ from agentmesh.identity.delivery import IDENTITY_SECRET, ROOT_SECRET, SECRET_TYP
 from agentmesh.identity.material import IdentityMaterial
 from agentmesh.identity.sds import SdsServer
 from agentmesh.identity.spiffe import SpiffeId
-from tests.integration.certs import StaticSource, TestCa
+from tests.pki import StaticSource, TestCa
 
 GATEWAY = SpiffeId("agentmesh.local", "edge", "gateway")
 WAIT = 5.0

@@ -1,7 +1,9 @@
 """`agentmesh inject`: what it adds, what it leaves alone, and how it refuses bad input.
 
 Every injected output is validated against the Kubernetes OpenAPI schemas
-shipped by kubernetes-validate (strict: unknown fields are errors).
+shipped by kubernetes-validate (strict: unknown fields are errors). The
+identity wiring (join token from a Secret, memory-backed identity volume) is
+checked against what the sidecar reads (sidecar/identity.py).
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from agentmesh.inject import (
     inject,
     read_documents,
 )
-from agentmesh.inject.sidecar import PORTS
+from agentmesh.inject.sidecar import IDENTITY_DIR, JOIN_TOKEN_ENV, PORTS
+from sidecar.identity import JOIN_TOKEN_ENV as SIDECAR_JOIN_TOKEN_ENV
 
 K8S_VERSION = kubernetes_validate.latest_version()
 AGENTMESH = [sys.executable, "-m", "agentmesh.cli"]
@@ -126,7 +129,10 @@ CONFIG_MAP: dict[str, Any] = {
     "metadata": {"name": "web-agentmesh"},
     "data": {
         "agent.yaml": "agent: {name: web}\nupstream: {url: 'http://127.0.0.1:8080'}\ncontract: {protos: [web.proto]}\n"
-        "listen: {inbound: '0.0.0.0:15006', admin: '0.0.0.0:15000'}\n",
+        "listen: {inbound: '0.0.0.0:15006', admin: '0.0.0.0:15000'}\n"
+        "control_plane: {address: 'agentmesh-control-plane.agentmesh.svc:15010',"
+        " advertise_address: '${POD_IP}:15006'}\n"
+        "identity: {dir: /var/lib/agentmesh/identity, mode: strict}\n",
         "web.proto": 'syntax = "proto3";\npackage web.v1;\n',
     },
 }
@@ -160,6 +166,11 @@ def test_every_workload_kind_gets_a_valid_native_sidecar(kind):
     assert sidecar["resources"]["requests"]
     assert {"name": "agentmesh-config", "configMap": {"name": "web-agentmesh"}} in spec["volumes"]
     assert {"name": "agentmesh-config", "mountPath": "/etc/agentmesh", "readOnly": True} in sidecar["volumeMounts"]
+    # Identity: the join token from the workload's Secret (not optional), the key on a memory-backed volume.
+    env = {e["name"]: e for e in sidecar["env"]}
+    assert env[JOIN_TOKEN_ENV]["valueFrom"] == {"secretKeyRef": {"name": "web-agentmesh-join-token", "key": "token"}}
+    assert {"name": "agentmesh-identity", "mountPath": IDENTITY_DIR} in sidecar["volumeMounts"]
+    assert {"name": "agentmesh-identity", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}} in spec["volumes"]
     assert spec["containers"] == POD_TEMPLATE["spec"]["containers"]  # the agent itself is untouched
     annotations = pod_annotations(body)
     assert annotations["agentmesh.io/inject"] == "enabled"
@@ -215,7 +226,7 @@ def test_existing_sidecars_and_init_containers_are_kept():
     assert [c["name"] for c in spec["containers"]] == ["web", "log-shipper"]
     # The sidecar starts first, so init containers may already call other agents.
     assert [c["name"] for c in spec["initContainers"]] == [CONTAINER_NAME, "migrate"]
-    assert [v["name"] for v in spec["volumes"]] == ["data", "agentmesh-config", "agentmesh-tmp"]
+    assert [v["name"] for v in spec["volumes"]] == ["data", "agentmesh-config", "agentmesh-tmp", "agentmesh-identity"]
     assert pod_annotations(body)["team"] == "web"
 
 
@@ -277,7 +288,8 @@ def test_existing_scrape_annotations_are_kept_and_reported():
 
 def test_a_config_map_in_the_input_is_checked_for_reachable_listeners():
     config_map = copy.deepcopy(CONFIG_MAP)
-    config_map["data"]["agent.yaml"] = "agent: {name: web}\nlisten: {inbound: '127.0.0.1:15006'}\n"
+    text = config_map["data"]["agent.yaml"].replace("listen: {inbound: '0.0.0.0:15006', admin: '0.0.0.0:15000'}\n", "")
+    config_map["data"]["agent.yaml"] = text + "listen: {inbound: '127.0.0.1:15006'}\n"
     result = run(stream(WORKLOADS["Deployment"], config_map))
     assert len(result.warnings) == 2
     assert "listen.inbound is 127.0.0.1:15006" in result.warnings[0]
@@ -285,6 +297,66 @@ def test_a_config_map_in_the_input_is_checked_for_reachable_listeners():
     no_file = copy.deepcopy(CONFIG_MAP)
     no_file["data"] = {"other.yaml": "x"}
     assert "has no agent.yaml" in run(stream(WORKLOADS["Deployment"], no_file)).warnings[0]
+
+
+def agent_yaml(**sections: str) -> dict[str, Any]:
+    """CONFIG_MAP with some top-level sections of its agent.yaml replaced (an empty string drops one)."""
+    config = yaml.safe_load(CONFIG_MAP["data"]["agent.yaml"])
+    for key, value in sections.items():
+        if value:
+            config[key] = yaml.safe_load(value)
+        else:
+            config.pop(key)
+    config_map = copy.deepcopy(CONFIG_MAP)
+    config_map["data"]["agent.yaml"] = yaml.safe_dump(config)
+    return config_map
+
+
+@pytest.mark.parametrize(
+    ("sections", "warning"),
+    [
+        (
+            {"control_plane": ""},
+            "agent.yaml has no control_plane: the sidecar cannot enroll and runs in plaintext",
+        ),
+        (
+            {"control_plane": "{address: 'cp:15010'}"},
+            "control_plane.advertise_address is not set: the sidecar registers an address other pods cannot reach; "
+            "set it to ${POD_IP}:15006",
+        ),
+        (
+            {"control_plane": "{address: 'cp:15010', advertise_address: '127.0.0.1:15006'}"},
+            "control_plane.advertise_address is 127.0.0.1:15006",
+        ),
+        (
+            {"identity": "{mode: strict}"},
+            f"identity.dir is not set (a folder in /tmp): the sidecar's identity volume is mounted at {IDENTITY_DIR}",
+        ),
+        (
+            {"identity": "{dir: /srv/identity}"},
+            "identity.dir is /srv/identity",
+        ),
+        (
+            {"identity": f"{{dir: {IDENTITY_DIR}, join_token: amjt.a.b}}"},
+            f"identity.join_token puts a secret in a ConfigMap; remove it: the sidecar reads {JOIN_TOKEN_ENV}",
+        ),
+    ],
+)
+def test_a_config_map_in_the_input_is_checked_for_the_identity_wiring(sections, warning):
+    result = run(stream(WORKLOADS["Deployment"], agent_yaml(**sections)))
+    [found] = result.warnings
+    assert found.startswith("configmap/web-agentmesh: agent.yaml ")
+    assert warning in found
+
+
+def test_without_identity_only_the_advertised_address_and_inline_tokens_are_checked():
+    options = SidecarOptions(identity=False)
+    for sections in ({"control_plane": ""}, {"identity": ""}, {"identity": "{dir: /srv/identity}"}):
+        assert run(stream(WORKLOADS["Deployment"], agent_yaml(**sections)), options).warnings == []
+    [warning] = run(
+        stream(WORKLOADS["Deployment"], agent_yaml(control_plane="{address: 'cp:15010'}")), options
+    ).warnings
+    assert "advertise_address is not set" in warning
 
 
 def test_json_output_is_one_object_or_a_list():
@@ -332,6 +404,11 @@ def test_invalid_yaml_names_file_line_and_document():
             "spec.template.spec.volumes[0].name",
             "reserved",
         ),
+        (
+            lambda d: d["spec"]["template"]["spec"].update(volumes=[{"name": "agentmesh-identity", "emptyDir": {}}]),
+            "spec.template.spec.volumes[0].name",
+            "'agentmesh-identity' is reserved for the sidecar",
+        ),
     ],
 )
 def test_malformed_workloads_are_refused_with_a_path(mutate, path, reason):
@@ -360,13 +437,60 @@ def test_a_list_item_error_names_the_item():
     assert caught.value.path == "items[1].spec.template.spec.containers"
 
 
-def test_an_unnamed_workload_needs_a_config_map_name():
+def test_an_unnamed_workload_needs_a_config_map_and_secret_name():
     pod = copy.deepcopy(WORKLOADS["Pod"])
     pod["metadata"] = {"generateName": "web-"}
-    with pytest.raises(InjectError, match=r"metadata\.name: missing"):
+    with pytest.raises(InjectError, match=r"metadata\.name: missing: name the workload or pass --config-map"):
         run(stream(pod))
-    [body] = run(stream(pod), SidecarOptions(config_map="web")).bodies
+    with pytest.raises(InjectError, match=r"metadata\.name: missing: name the workload or pass --join-token-secret"):
+        run(stream(pod), SidecarOptions(config_map="web"))
+    [body] = run(stream(pod), SidecarOptions(config_map="web", join_token_secret="web-token")).bodies
     validate(body)
+    [body] = run(stream(pod), SidecarOptions(config_map="web", identity=False)).bodies
+    validate(body)
+
+
+def test_the_join_token_secret_can_be_named():
+    [body] = run(stream(WORKLOADS["Deployment"]), SidecarOptions(join_token_secret="shared-join-token")).bodies
+    validate(body)
+    [sidecar] = pod_spec(body)["initContainers"]
+    [ref] = [e["valueFrom"]["secretKeyRef"] for e in sidecar["env"] if e["name"] == JOIN_TOKEN_ENV]
+    assert ref == {"name": "shared-join-token", "key": "token"}
+
+
+def test_without_identity_there_is_no_secret_and_no_identity_volume():
+    [body] = run(stream(WORKLOADS["Deployment"]), SidecarOptions(identity=False)).bodies
+    validate(body)
+    spec = pod_spec(body)
+    [sidecar] = spec["initContainers"]
+    assert JOIN_TOKEN_ENV not in {e["name"] for e in sidecar["env"]}
+    assert [m["name"] for m in sidecar["volumeMounts"]] == ["agentmesh-config", "agentmesh-tmp"]
+    assert [v["name"] for v in spec["volumes"]] == ["agentmesh-config", "agentmesh-tmp"]
+
+
+def test_the_identity_wiring_matches_what_the_sidecar_reads(tmp_path):
+    """The env name is the sidecar's; the ConfigMap's agent.yaml, with that env, turns mTLS on in the mounted dir."""
+    from sidecar.config.bootstrap import Bootstrap
+    from sidecar.identity import plan_identity
+
+    assert JOIN_TOKEN_ENV == SIDECAR_JOIN_TOKEN_ENV
+    for name, text in CONFIG_MAP["data"].items():
+        (tmp_path / name).write_text(text)
+    data = yaml.safe_load(CONFIG_MAP["data"]["agent.yaml"])
+    bootstrap = Bootstrap.model_validate(
+        {**data, "control_plane": {"address": "cp:15010"}}, context={"base_dir": tmp_path}
+    )
+    plan = plan_identity(bootstrap, environ={JOIN_TOKEN_ENV: "amjt.a.b"}, persisted=lambda _: False)
+    assert plan.enabled and str(plan.dir) == IDENTITY_DIR and plan.join_token == "amjt.a.b"
+
+
+def test_injecting_twice_with_identity_changes_nothing_and_an_older_injection_is_kept():
+    once = run(stream(WORKLOADS["Deployment"]))
+    assert run(dump_documents(once.bodies, "yaml")).bodies == once.bodies
+    plaintext = run(stream(WORKLOADS["Deployment"]), SidecarOptions(identity=False))
+    again = run(dump_documents(plaintext.bodies, "yaml"))
+    assert again.bodies == plaintext.bodies  # a pod already injected is never rewritten
+    assert [str(r) for r in again.reports] == ["deployment/web already injected: unchanged"]
 
 
 def test_ports_are_iana_service_names():
@@ -396,12 +520,17 @@ def test_command_reads_files_and_stdin_and_reports_on_stderr(tmp_path):
 def test_command_options_reach_the_sidecar():
     result = agentmesh_inject(
         "-f", "-", "--image", "example/agentmesh:1.2", "--config-map", "cfg", "--sidecar-mode", "container",
-        stdin=stream(WORKLOADS["Deployment"]),
+        "--join-token-secret", "web-token", stdin=stream(WORKLOADS["Deployment"]),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     spec = pod_spec(yaml.safe_load(result.stdout))
     assert spec["containers"][1]["image"] == "example/agentmesh:1.2"
     assert {"name": "agentmesh-config", "configMap": {"name": "cfg"}} in spec["volumes"]
+    [ref] = [e["valueFrom"]["secretKeyRef"] for e in spec["containers"][1]["env"] if e["name"] == JOIN_TOKEN_ENV]
+    assert ref["name"] == "web-token"
+    plain = agentmesh_inject("-f", "-", "--no-identity", stdin=stream(WORKLOADS["Deployment"]))
+    assert plain.returncode == 0, plain.stderr
+    assert "agentmesh-identity" not in plain.stdout and JOIN_TOKEN_ENV not in plain.stdout
 
 
 @pytest.mark.parametrize(

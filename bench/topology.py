@@ -45,6 +45,7 @@ from tests.integration.procs import (
 )
 
 CLIENT_AGENT = "bench-client"
+REFUSED_PATH = f"/{SERVICE}/Refused"
 SOURCE_HEADER = "x-agentmesh-source-agent"
 STARTUP_TIMEOUT_S = 60.0
 
@@ -104,17 +105,34 @@ class BenchControlPlane(ControlPlaneProcess):
         self.process.stop()
 
 
-def allow_only(agent: str, *callers: str) -> dict[str, Any]:
-    """An AccessPolicy: default deny, `callers` allowed."""
+def allow_bench_calls(agent: str) -> dict[str, Any]:
+    """An AccessPolicy: default deny, anyone may call Echo and Ticks (Refused stays refused).
+
+    Callers are identified by their certificates and the benchmark's clients
+    speak plaintext, so the rule allows any caller; every call still goes
+    through the proxy's RBAC filters (the allow filter matches the method).
+    """
     return {
         "kind": "AccessPolicy",
         "metadata": {"name": f"{agent}-access"},
         "spec": {
             "target": agent,
             "default_action": "deny",
-            "rules": [{"name": "bench-callers", "action": "allow", "from": {"agents": list(callers)}}],
+            "rules": [
+                {
+                    "name": "bench-calls",
+                    "action": "allow",
+                    "from": {"agents": ["*"]},
+                    "to": {"methods": [f"{SERVICE}/Echo", f"{SERVICE}/Ticks"]},
+                }
+            ],
         },
     }
+
+
+def policy_in_force(target: str, body: bytes, *, authority: str | None = None) -> bool:
+    """Whether the proxy at `target` enforces `allow_bench_calls`: a call to Refused is PERMISSION_DENIED."""
+    return unary_call(target, REFUSED_PATH, body, authority=authority)[0] == "PERMISSION_DENIED"
 
 
 @dataclass

@@ -22,8 +22,12 @@ _WIDTH = 100
 def _commands(command: click.Command, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], click.Command]]:
     yield path, command
     if isinstance(command, click.Group):
-        for name in sorted(command.commands):
-            yield from _commands(command.commands[name], (*path, name))
+        # list_commands/get_command rather than `.commands`: the top-level group loads its commands lazily.
+        with click.Context(command, info_name=" ".join(path)) as ctx:
+            subcommands = [(name, command.get_command(ctx, name)) for name in command.list_commands(ctx)]
+        for name, subcommand in subcommands:
+            if subcommand is not None:
+                yield from _commands(subcommand, (*path, name))
 
 
 def render() -> str:

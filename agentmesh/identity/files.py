@@ -22,7 +22,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
-from agentmesh.identity.keys import MaterialError, material_from_pem
 from agentmesh.identity.material import IdentityMaterial
 
 KEY_FILE: Final = "key.pem"
@@ -119,6 +118,9 @@ def read_material(directory: str | Path) -> IdentityMaterial | None:
             parts.append(path.read_bytes())
         except OSError as exc:
             raise MaterialFileError(f"{root}: cannot read {path.name}: {exc.strerror or exc}") from None
+    # Parsing needs `cryptography` (~9 MB): loaded only when there are files to parse.
+    from agentmesh.identity.keys import MaterialError, material_from_pem
+
     try:
         return material_from_pem(parts[0], parts[1], parts[2])
     except MaterialError as exc:

@@ -22,12 +22,12 @@ import select
 import time
 from typing import Any
 
-from bench.backend import ECHO_PATH, TICKS_PATH
+from bench.backend import TICKS_PATH
 from bench.footprint import Watch, mib, rss_bytes
 from bench.loadgen import LoadError, run_python_ttfm, start_python_streams
 from bench.scenarios.hop import STREAMS_AGENT, HopRig, bench_messages, echo_request
 from bench.settings import Settings
-from bench.topology import CLIENT_AGENT, SOURCE_HEADER, Sidecar, start_bench_sidecar, unary_call, wait_until
+from bench.topology import CLIENT_AGENT, SOURCE_HEADER, Sidecar, policy_in_force, start_bench_sidecar, wait_until
 
 log = logging.getLogger("bench.streaming")
 
@@ -49,7 +49,7 @@ def start_streams_sidecar(settings: Settings, rig: HopRig) -> Sidecar:
     )
     probe = echo_request(settings)
     wait_until(
-        lambda: unary_call(sidecar.inbound, ECHO_PATH, probe, source="stranger")[0] == "PERMISSION_DENIED",
+        lambda: policy_in_force(sidecar.inbound, probe),
         "the streams sidecar enforcing the AccessPolicy from xDS",
     )
     return sidecar

@@ -44,8 +44,18 @@ MAX_CONTROL_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 def server_options(limits: Limits) -> list[tuple[str, Any]]:
-    """Listener options: callers' messages are capped; answers are capped where they are produced."""
-    return [("grpc.max_receive_message_length", limits.max_message_bytes), ("grpc.so_reuseport", 0)]
+    """Listener options: callers' messages are capped; answers are capped where they are produced.
+
+    grpc-core cancels calls that arrived but were not yet picked up by the event loop beyond
+    `max_pending_requests` (default 1,000 soft, 3,000 hard): a burst of new streams while the loop is busy
+    would see CANCELLED. The concurrency limit already bounds admitted calls, so pending ones get the same room.
+    """
+    return [
+        ("grpc.max_receive_message_length", limits.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+        ("grpc.server.max_pending_requests", limits.max_concurrent_calls),
+        ("grpc.server.max_pending_requests_hard_limit", limits.max_concurrent_calls),
+    ]
 
 
 def channel_options(limits: Limits) -> list[tuple[str, Any]]:

@@ -1,8 +1,9 @@
 """Wiring only: the control plane process.
 
-One gRPC port serves ADS (xDS v3), sidecar registration and the admin API
-(token-protected); one HTTP port serves probes, metrics and Prometheus
-service discovery. Policy lives in SQLite (versioned); the registry lives in
+One gRPC port serves ADS (xDS v3), sidecar registration, identity and the
+admin API (token-protected); with `secure_listen` the same server also
+listens there with TLS (control_plane/identity/server_tls.py). One HTTP port
+serves probes, metrics and Prometheus service discovery. Policy lives in SQLite (versioned); the registry lives in
 memory and is rebuilt from sidecar registrations, which reconnect on their
 own after a restart.
 """
@@ -13,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -35,6 +37,7 @@ from control_plane.http import ControlPlaneHttp
 from control_plane.identity.ca import DEFAULT_WORKLOAD_TTL, CertificateAuthority
 from control_plane.identity.join_tokens import JoinTokenStore
 from control_plane.identity.ledger import IssuanceLedger
+from control_plane.identity.server_tls import DEFAULT_SERVER_CERT_TTL, ServerTls
 from control_plane.policy.store import PolicyStore
 from control_plane.publisher import SnapshotPublisher
 from control_plane.registry import Registry
@@ -73,6 +76,11 @@ class ControlPlaneSettings:
     ca_cert: str = ""
     ca_key: str = ""
     workload_cert_ttl: float = DEFAULT_WORKLOAD_TTL.total_seconds()
+    # The secure port (docs/identity.md, "Securing the control-plane link"): "" for none; the extra DNS names and
+    # IP addresses of its certificate (besides control-plane.<trust domain>), and the certificate's lifetime.
+    secure_listen: str = ""
+    secure_sans: tuple[str, ...] = ()
+    secure_cert_ttl: float = DEFAULT_SERVER_CERT_TTL.total_seconds()
 
     def certificate_authority(self) -> CertificateAuthority:
         """Opens (or makes) the CA these settings describe; raises ValueError (CaError) naming the problem."""
@@ -92,6 +100,8 @@ class ControlPlaneSettings:
 class ControlPlanePorts:
     grpc: int
     http: int
+    # The secure (TLS) gRPC port; 0 when there is none.
+    secure: int = 0
 
 
 class ControlPlane:
@@ -103,6 +113,16 @@ class ControlPlane:
             Path(settings.db).parent.mkdir(parents=True, exist_ok=True)
         self.metrics = CollectorRegistry()
         self.ca = settings.certificate_authority()
+        if settings.secure_listen == settings.listen and not settings.listen.endswith(":0"):
+            raise ValueError(f"--secure-listen {settings.secure_listen} is also --listen: give the TLS port its own")
+        self.server_tls: ServerTls | None = None
+        if settings.secure_listen:
+            self.server_tls = ServerTls(
+                self.ca,
+                extra_names=settings.secure_sans,
+                ttl=timedelta(seconds=settings.secure_cert_ttl),
+                registry=self.metrics,
+            )
         self.store = PolicyStore(settings.db)
         self.credentials = CredentialStore(settings.db)
         self.registry = Registry(ttl=settings.registry_ttl)
@@ -172,25 +192,52 @@ class ControlPlane:
 
     async def start(self) -> ControlPlanePorts:
         self.publisher.publish_now()
-        grpc_port = self._server.add_insecure_port(self.settings.listen)
-        if grpc_port == 0:
-            raise OSError(f"cannot listen on {self.settings.listen}")
+        grpc_port = _bind(lambda: self._server.add_insecure_port(self.settings.listen), self.settings.listen)
+        secure_port = 0
+        if self.server_tls is not None:
+            credentials = self.server_tls.credentials()
+            secure_port = _bind(
+                lambda: self._server.add_secure_port(self.settings.secure_listen, credentials),
+                f"{self.settings.secure_listen} (--secure-listen)",
+            )
         await self._server.start()
         host, _, port = self.settings.http.rpartition(":")
         http_port = await self._http.start(host, int(port))
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         self._tasks = [asyncio.ensure_future(self.publisher.run()), asyncio.ensure_future(self._expire_loop())]
-        ports = ControlPlanePorts(grpc_port, http_port)
+        if self.server_tls is not None:
+            self._tasks.append(asyncio.ensure_future(self.server_tls.run()))
+            self._log_secure_port(secure_port)
+        ports = ControlPlanePorts(grpc_port, http_port, secure_port)
         log.info(
             "control plane ready",
             extra={
                 "grpc": grpc_port,
                 "http": http_port,
+                "secure_grpc": secure_port,
                 "db": self.settings.db,
                 "policy_version": self.store.current_version(),
             },
         )
         return ports
+
+    def _log_secure_port(self, port: int) -> None:
+        assert self.server_tls is not None
+        host = self.settings.secure_listen.rpartition(":")[0]
+        certificate = self.server_tls.current
+        log.info(
+            "secure port ready: TLS on %s:%d for %s; clients verify it with the trust bundle "
+            "(agentmesh ca bundle > ca.pem), then use --ca-file ca.pem (sidecars: control_plane.ca_file)",
+            host,
+            port,
+            ", ".join(certificate.names),
+            extra={
+                "secure_grpc": port,
+                "server_names": list(certificate.names),
+                "serial": certificate.serial,
+                "not_after": certificate.not_after.isoformat(),
+            },
+        )
 
     async def _expire_loop(self) -> None:
         while True:
@@ -213,6 +260,17 @@ class ControlPlane:
             self.join_tokens.close()
             self.issuance.close()
         log.info("control plane stopped")
+
+
+def _bind(add_port: Callable[[], int], where: str) -> int:
+    """The port grpc bound; OSError naming `where` when it could not (grpc raises RuntimeError or returns 0)."""
+    try:
+        port = add_port()
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        raise OSError(f"cannot listen on {where}: the address is in use or not local")
+    return port
 
 
 async def run(settings: ControlPlaneSettings) -> None:

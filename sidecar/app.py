@@ -305,8 +305,12 @@ class Sidecar:
         link = self.bootstrap.control_plane
         if link is not None:
             identity = self.identity
+            target = link.target()
+            tls = target.tls
+            log.info("control plane link: %s", target)
             self.registrar = Registrar(
                 control_plane=link.address,
+                tls=tls,
                 manifest=self.manifest,
                 address=link.advertise_address or _advertised(listen.inbound, inbound),
                 admin_address=_advertised(listen.admin, admin),
@@ -323,6 +327,7 @@ class Sidecar:
 
             self.xds = AdsClient(
                 target=link.address,
+                tls=tls,
                 node=NodeIdentity(
                     agent=self.bootstrap.agent.name,
                     address=advertised,

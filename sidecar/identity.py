@@ -83,7 +83,7 @@ def open_identity_source(plan: IdentityPlan, bootstrap: Bootstrap, *, registry: 
     link = bootstrap.control_plane
     if link is None:
         raise ValueError("mTLS needs a control_plane link")
-    return Rotator(link.address, join_token=plan.join_token, directory=plan.dir, registry=registry)
+    return Rotator(link.target(), join_token=plan.join_token, directory=plan.dir, registry=registry)
 
 
 def plan_identity(

@@ -6,10 +6,19 @@ host:port` (env `AGENTMESH_CONTROL_PLANE`, default 127.0.0.1:15010) and
 (`agentmesh policy --token T get`); a value given on the command line wins
 over the environment and the default, wherever it is given.
 
+`--ca-file` (env `AGENTMESH_CA_FILE`) switches to TLS for the control
+plane's secure port (`--secure-listen`): the file is the trust bundle
+(`agentmesh ca bundle`), and the server must hold a certificate of that CA
+for `--server-name` (env `AGENTMESH_SERVER_NAME`; default
+control-plane.<trust domain>, agentmesh/identity/control_plane_tls.py). The
+token then travels encrypted to a server the CLI has authenticated.
+
 `AdminClient.call` makes one unary call with `authorization: Bearer <token>`
 and turns a failed call into a `CliError` with the CLI's exit codes: 2 when
 the control plane refused invalid input (INVALID_ARGUMENT, each policy issue
-on its own line), 3 when it cannot be reached, 1 for anything else.
+on its own line) or the trust bundle is unusable, 3 when it cannot be reached
+(including a TLS handshake that failed: the message says what the handshake
+showed), 1 for anything else.
 """
 
 from __future__ import annotations
@@ -24,11 +33,19 @@ import grpc
 from click.core import ParameterSource
 
 from agentmesh.cli._output import CliError, InvalidInputError, UnreachableError
+from agentmesh.identity.control_plane_tls import (
+    ControlPlaneTarget,
+    ControlPlaneTls,
+    TrustBundleError,
+    explain_connection_failure,
+)
 from agentmesh.v1 import control_pb2_grpc
 
 DEFAULT_CONTROL_PLANE: Final = "127.0.0.1:15010"
 CONTROL_PLANE_ENV: Final = "AGENTMESH_CONTROL_PLANE"
 TOKEN_ENV: Final = "AGENTMESH_TOKEN"
+CA_FILE_ENV: Final = "AGENTMESH_CA_FILE"
+SERVER_NAME_ENV: Final = "AGENTMESH_SERVER_NAME"
 DEFAULT_TIMEOUT: Final = 30.0
 
 _SETTINGS_KEY = "agentmesh.connection"
@@ -42,9 +59,27 @@ class Connection:
     control_plane: str = DEFAULT_CONTROL_PLANE
     token: str | None = None
     timeout: float = DEFAULT_TIMEOUT
+    # The trust bundle that turns on TLS, and the name the server's certificate must carry.
+    ca_file: str | None = None
+    server_name: str | None = None
 
     def __repr__(self) -> str:
-        return f"Connection(control_plane={self.control_plane!r}, token={'***' if self.token else None})"
+        return (
+            f"Connection(control_plane={self.control_plane!r}, token={'***' if self.token else None}, "
+            f"ca_file={self.ca_file!r}, server_name={self.server_name!r})"
+        )
+
+    def target(self) -> ControlPlaneTarget:
+        """How to dial the control plane; raises InvalidInputError (exit 2) for an unusable trust bundle."""
+        if not self.ca_file:
+            if self.server_name:
+                raise InvalidInputError(f"--server-name needs --ca-file (or {CA_FILE_ENV}): it is a TLS setting")
+            return ControlPlaneTarget(self.control_plane)
+        try:
+            tls = ControlPlaneTls.from_file(self.ca_file, server_name=self.server_name)
+        except TrustBundleError as exc:
+            raise InvalidInputError(f"--ca-file: {exc}") from None
+        return ControlPlaneTarget(self.control_plane, tls)
 
 
 def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
@@ -60,7 +95,29 @@ def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
 
 
 def connection_options(function: _F) -> _F:
-    """Adds `--control-plane` and `--token` to a command or group."""
+    """Adds `--control-plane`, `--token`, `--ca-file` and `--server-name` to a command or group."""
+    function = click.option(
+        "--server-name",
+        "server_name",
+        envvar=SERVER_NAME_ENV,
+        default=None,
+        metavar="NAME",
+        expose_value=False,
+        callback=_remember,
+        help="With --ca-file: the name the control plane's certificate must carry, one of its --secure-san "
+        f"(env {SERVER_NAME_ENV}).  [default: control-plane.<trust domain of the bundle>]",
+    )(function)
+    function = click.option(
+        "--ca-file",
+        "ca_file",
+        envvar=CA_FILE_ENV,
+        default=None,
+        metavar="FILE",
+        expose_value=False,
+        callback=_remember,
+        help="Trust bundle (agentmesh ca bundle) to verify the control plane with: TLS to its secure port "
+        f"(--secure-listen) instead of plaintext (env {CA_FILE_ENV}).",
+    )(function)
     function = click.option(
         "--token",
         envvar=TOKEN_ENV,
@@ -101,7 +158,8 @@ class AdminClient:
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
-        self._channel = grpc.insecure_channel(connection.control_plane)
+        self._target = connection.target()
+        self._channel = self._target.channel()
         self._stub = control_pb2_grpc.ControlPlaneStub(self._channel)
 
     @classmethod
@@ -128,6 +186,9 @@ class AdminClient:
         where = self.connection.control_plane
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             reason = "no answer in time" if code is grpc.StatusCode.DEADLINE_EXCEEDED else details
+            explained = explain_connection_failure(details, self._target.tls)
+            if explained is not None:
+                return UnreachableError(f"cannot reach the control plane at {where}: {explained}\n({details})")
             return UnreachableError(
                 f"cannot reach the control plane at {where}: {reason}\n"
                 f"(set --control-plane or {CONTROL_PLANE_ENV} to its gRPC address)"

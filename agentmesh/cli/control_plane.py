@@ -20,6 +20,22 @@ def _trust_domain(ctx: click.Context, param: click.Parameter, value: str) -> str
         raise click.BadParameter(str(exc)) from None
 
 
+def _secure_listen(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if value and (not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535):
+        raise click.BadParameter(f"{value!r} is not host:port, e.g. 127.0.0.1:15012")
+    return value
+
+
+def _sans(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
+    from agentmesh.identity.control_plane_tls import TrustBundleError, check_server_name
+
+    try:
+        return tuple(check_server_name(name) for name in value)
+    except TrustBundleError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 def _ttl(ctx: click.Context, param: click.Parameter, value: str) -> float:
     try:
         seconds = parse_duration(value)
@@ -105,6 +121,24 @@ def _ttl(ctx: click.Context, param: click.Parameter, value: str) -> float:
     help="Envoy gateways require callers to present a mesh certificate (mutual TLS, SDS); "
     "plaintext leaves callers anonymous to access policies.",
 )
+@click.option(
+    "--secure-listen",
+    default="",
+    callback=_secure_listen,
+    metavar="HOST:PORT",
+    help="Also serve every gRPC service on this address with TLS (e.g. 127.0.0.1:15012), with a certificate "
+    "of the control plane's own CA; clients verify it with the trust bundle (agentmesh ca bundle). Off by default.",
+)
+@click.option(
+    "--secure-san",
+    "secure_sans",
+    multiple=True,
+    callback=_sans,
+    metavar="NAME",
+    help="A DNS name or IP address clients dial the secure port by, added to its certificate "
+    "(which always names control-plane.<trust-domain>); repeatable.",
+)
+@click.option("--secure-cert-ttl", default="24h", callback=_ttl, hidden=True)
 @log_level_option
 def control_plane(
     listen: str,
@@ -119,6 +153,9 @@ def control_plane(
     ca_key: str | None,
     workload_cert_ttl: float,
     gateway_mtls: bool,
+    secure_listen: str,
+    secure_sans: tuple[str, ...],
+    secure_cert_ttl: float,
     log_level: str,
 ) -> None:
     """Run the control plane.
@@ -133,6 +170,11 @@ def control_plane(
     their SPIFFE IDs. The CA is its own root, made on first start in --ca-dir,
     or an intermediate under --ca-cert/--ca-key.
 
+    --listen is plaintext: keep it on a trusted network, or add --secure-listen
+    (TLS, the server authenticated by the mesh's CA) and give clients the
+    trust bundle: the --ca-file option of agentmesh commands, a sidecar's
+    control_plane.ca_file (docs/identity.md).
+
     Exit codes: 0 stopped cleanly, 2 invalid options, 3 start-up failure.
 
     Example: agentmesh control-plane --token "$AGENTMESH_TOKEN" --db /var/lib/agentmesh/cp.db
@@ -142,6 +184,8 @@ def control_plane(
     configure_logging(log_level, component="control-plane")
     if (ca_cert is None) != (ca_key is None):
         raise click.UsageError("--ca-cert and --ca-key go together: a root certificate and its key")
+    if secure_sans and not secure_listen:
+        raise click.UsageError("--secure-san names the secure port's certificate: give --secure-listen too")
     settings = ControlPlaneSettings(
         listen=listen,
         http=http_address,
@@ -155,6 +199,9 @@ def control_plane(
         ca_key=ca_key or "",
         workload_cert_ttl=workload_cert_ttl,
         gateway_mtls=gateway_mtls,
+        secure_listen=secure_listen,
+        secure_sans=secure_sans,
+        secure_cert_ttl=secure_cert_ttl,
     )
     try:
         asyncio.run(run(settings))

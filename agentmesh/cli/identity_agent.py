@@ -6,11 +6,15 @@ import asyncio
 import dataclasses
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from agentmesh.cli._options import EXIT_STARTUP, log_level_option
 from agentmesh.telemetry.logs import configure_logging
+
+if TYPE_CHECKING:
+    from agentmesh.identity.control_plane_tls import ControlPlaneTls
 
 
 def _token(join_token: str | None, join_token_file: Path | None) -> str | None:
@@ -27,6 +31,19 @@ def _token(join_token: str | None, join_token_file: Path | None) -> str | None:
     if not token:
         raise click.BadParameter(f"{join_token_file} is empty", param_hint="--join-token-file")
     return token
+
+
+def _control_plane_tls(ca_file: Path | None, server_name: str | None) -> ControlPlaneTls | None:
+    from agentmesh.identity.control_plane_tls import ControlPlaneTls, TrustBundleError
+
+    if ca_file is None:
+        if server_name:
+            raise click.UsageError("--server-name needs --ca-file: it is the name of the control plane's certificate")
+        return None
+    try:
+        return ControlPlaneTls.from_file(ca_file, server_name=server_name)
+    except TrustBundleError as exc:
+        raise click.BadParameter(str(exc), param_hint="--ca-file") from None
 
 
 @click.command("identity-agent")
@@ -73,6 +90,20 @@ def _token(join_token: str | None, join_token_file: Path | None) -> str | None:
     help="Seconds between gRPC's re-reads of the files (the bootstrap's file_watcher refresh_interval).",
 )
 @click.option("--metrics-listen", default="", help="host:port for Prometheus metrics (off by default).")
+@click.option(
+    "--ca-file",
+    envvar="AGENTMESH_CA_FILE",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Trust bundle (agentmesh ca bundle) to verify the control plane with: TLS to its secure port "
+    "(--secure-listen); the join token then travels encrypted (env AGENTMESH_CA_FILE). "
+    "With --grpc-bootstrap the client's xDS connection uses TLS too.",
+)
+@click.option(
+    "--server-name",
+    envvar="AGENTMESH_SERVER_NAME",
+    help="With --ca-file: the name the control plane's certificate must carry (env AGENTMESH_SERVER_NAME).  "
+    "[default: control-plane.<trust domain of the bundle>]",
+)
 @log_level_option
 def identity_agent(
     control_plane: str,
@@ -85,6 +116,8 @@ def identity_agent(
     node_id: str,
     refresh_interval: float,
     metrics_listen: str,
+    ca_file: Path | None,
+    server_name: str | None,
     log_level: str,
 ) -> None:
     """Hold a mesh identity for Envoy or a proxyless gRPC client.
@@ -104,6 +137,8 @@ def identity_agent(
       certificate provider; --grpc-bootstrap writes a bootstrap naming them.
 
     SDS listens only on a unix socket (mode 0600) or a loopback address.
+    With --ca-file it talks to the control plane's secure port over TLS, so
+    the join token travels encrypted to a verified server (docs/identity.md).
 
     Exit codes: 0 stopped cleanly (SIGTERM/SIGINT), 2 invalid options, 3
     start-up failure (enrollment refused, control plane unreachable, address
@@ -114,6 +149,7 @@ def identity_agent(
     from agentmesh.identity.agent import IdentityAgentError, IdentityAgentSettings, run
 
     token = _token(join_token, join_token_file)
+    tls = _control_plane_tls(ca_file, server_name)
     configure_logging(log_level, component="identity-agent")
     settings = IdentityAgentSettings(
         control_plane=control_plane,
@@ -123,6 +159,7 @@ def identity_agent(
         node_id=node_id,
         refresh_interval=refresh_interval,
         metrics_listen=metrics_listen,
+        control_plane_tls=tls,
     )
     if not no_sds:
         settings = dataclasses.replace(settings, sds_listen=sds_listen or settings.default_sds_listen())

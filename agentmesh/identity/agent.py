@@ -24,6 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from prometheus_client import CollectorRegistry, start_http_server
 
+from agentmesh.identity.control_plane_tls import ControlPlaneTarget, ControlPlaneTls, explain_connection_failure
 from agentmesh.identity.delivery import UNIX_PREFIX, check_sds_address, grpc_xds_bootstrap
 from agentmesh.identity.files import CHAIN_FILE, KEY_FILE, ROOTS_FILE
 from agentmesh.identity.material import IdentityMaterial
@@ -55,6 +56,8 @@ class IdentityAgentSettings:
     refresh_interval: float = DEFAULT_REFRESH_INTERVAL
     # host:port for Prometheus metrics; "" for none.
     metrics_listen: str = ""
+    # TLS to the control plane's secure port (--ca-file, --server-name); None: plaintext.
+    control_plane_tls: ControlPlaneTls | None = None
 
     def default_sds_listen(self) -> str:
         return f"{UNIX_PREFIX}{self.directory.resolve() / SDS_SOCKET}"
@@ -72,7 +75,7 @@ class IdentityAgent:
         self.settings = settings
         self.metrics = CollectorRegistry()
         self.rotator = Rotator(
-            settings.control_plane,
+            ControlPlaneTarget(settings.control_plane, settings.control_plane_tls),
             join_token=settings.join_token,
             directory=settings.directory,
             registry=self.metrics,
@@ -96,7 +99,10 @@ class IdentityAgent:
         try:
             material = await self.rotator.start()
         except IdentityError as exc:
-            raise IdentityAgentError(f"cannot get a certificate from {settings.control_plane}: {exc}") from None
+            target = ControlPlaneTarget(settings.control_plane, settings.control_plane_tls)
+            explained = explain_connection_failure(exc.reason, settings.control_plane_tls)
+            hint = f" ({explained})" if explained is not None else ""
+            raise IdentityAgentError(f"cannot get a certificate from {target}: {exc}{hint}") from None
         if settings.grpc_bootstrap is not None:
             self._write_bootstrap(material)
         if settings.sds_listen:
@@ -143,6 +149,7 @@ class IdentityAgent:
                 private_key_file=directory / KEY_FILE,
                 ca_certificate_file=directory / ROOTS_FILE,
                 refresh_interval=settings.refresh_interval,
+                control_plane_ca_file=self._bootstrap_ca_file(),
             )
         except ValueError as exc:
             raise IdentityAgentError(f"--node-id: {exc}") from None
@@ -154,6 +161,23 @@ class IdentityAgent:
             temporary.replace(path)
         except OSError as exc:
             raise IdentityAgentError(f"--grpc-bootstrap {path}: cannot write it: {exc.strerror or exc}") from None
+
+    def _bootstrap_ca_file(self) -> Path | None:
+        """The trust bundle the proxyless client verifies the control plane with (None: plaintext, as we dial it)."""
+        tls = self.settings.control_plane_tls
+        if tls is None or tls.ca_file is None:
+            return None
+        host = self.settings.control_plane.rpartition(":")[0].removeprefix("[").removesuffix("]")
+        if host != tls.server_name:
+            log.warning(
+                "the gRPC bootstrap's xDS client checks the control plane's certificate against %s (the host of "
+                "--control-plane: the bootstrap has no server-name setting), not %s; the control plane must list "
+                "%s in --secure-san",
+                host,
+                tls.server_name,
+                host,
+            )
+        return tls.ca_file.resolve()
 
     def _rotated(self, material: IdentityMaterial) -> None:
         log.info(

@@ -119,8 +119,13 @@ def grpc_xds_bootstrap(
     cluster: str = "proxyless",
     zone: str = "",
     refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
+    control_plane_ca_file: Path | None = None,
 ) -> dict[str, Any]:
     """The xDS bootstrap (GRPC_XDS_BOOTSTRAP) of a proxyless gRPC client that does mTLS with mesh certificates.
+
+    With `control_plane_ca_file` (the trust bundle) the client reaches the control plane's secure port over
+    TLS (gRFC A65 `tls` channel credentials); gRPC checks the certificate against the host of `control_plane`,
+    which must be among the control plane's `--secure-san` names.
 
     The client dials `xds:///<agent>` with `grpc.xds_channel_credentials(...)`;
     clusters whose instances all accept mTLS name CERTIFICATE_PROVIDER_INSTANCE,
@@ -132,10 +137,11 @@ def grpc_xds_bootstrap(
     node: dict[str, Any] = {"id": node_id, "cluster": cluster}
     if zone:
         node["locality"] = {"zone": zone}
+    channel_creds: dict[str, Any] = {"type": "insecure"}
+    if control_plane_ca_file is not None:
+        channel_creds = {"type": "tls", "config": {"ca_certificate_file": str(control_plane_ca_file)}}
     return {
-        "xds_servers": [
-            {"server_uri": control_plane, "channel_creds": [{"type": "insecure"}], "server_features": ["xds_v3"]}
-        ],
+        "xds_servers": [{"server_uri": control_plane, "channel_creds": [channel_creds], "server_features": ["xds_v3"]}],
         "node": node,
         "certificate_providers": {
             CERTIFICATE_PROVIDER_INSTANCE: file_watcher_provider(

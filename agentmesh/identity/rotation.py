@@ -52,6 +52,7 @@ import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from agentmesh.identity.client import DEFAULT_TIMEOUT, IdentityClient, IdentityError
+from agentmesh.identity.control_plane_tls import ControlPlaneTarget
 from agentmesh.identity.files import MaterialFileError, read_material, write_material
 from agentmesh.identity.keys import PrivateKey, generate_key
 from agentmesh.identity.material import IdentityMaterial
@@ -97,14 +98,15 @@ class RotatorStats:
 class Rotator:
     """Keeps a workload's certificate fresh; an `IdentitySource` (agentmesh/identity/material.py).
 
-    `control_plane` is the control plane's gRPC address (a plaintext channel is made and closed here) or a
+    `control_plane` is the control plane's gRPC address (a plaintext channel is made and closed here), a
+    `ControlPlaneTarget` (plaintext or TLS to its secure port; the channel is made and closed here) or a
     grpc.aio channel the caller owns. `expected_id`, when given, is the identity the workload must hold: persisted
     material of another identity is ignored, and a certificate for another identity is an error.
     """
 
     def __init__(
         self,
-        control_plane: str | grpc.aio.Channel,
+        control_plane: str | ControlPlaneTarget | grpc.aio.Channel,
         *,
         join_token: str | None,
         directory: str | Path | None,
@@ -144,7 +146,7 @@ class Rotator:
         self.last_error: str | None = None
 
     def __repr__(self) -> str:
-        target = self._target if isinstance(self._target, str) else "<channel>"
+        target = str(self._target) if isinstance(self._target, str | ControlPlaneTarget) else "<channel>"
         return f"Rotator(control_plane={target!r}, directory={self._directory}, current={self._describe()})"
 
     # --- IdentitySource ---------------------------------------------------------------------------------------------
@@ -309,6 +311,9 @@ class Rotator:
         if self._client is None:
             if isinstance(self._target, str):
                 self._channel = grpc.aio.insecure_channel(self._target)
+                self._client = IdentityClient(self._channel, timeout=self._timeout)
+            elif isinstance(self._target, ControlPlaneTarget):
+                self._channel = self._target.aio_channel()
                 self._client = IdentityClient(self._channel, timeout=self._timeout)
             else:
                 self._client = IdentityClient(self._target, timeout=self._timeout)

@@ -19,6 +19,11 @@ keys), basicConstraints CA=false, AKI/SKI and a random serial; they start one
 minute in the past (clock skew) and end `workload_ttl` later, never after the
 issuer itself. Only EC P-256/P-384 and RSA >= 2048 keys are certified.
 
+The control plane's own certificate for its secure port (`--secure-listen`)
+comes from the same issuer: `issue_server_certificate` (DNS name
+`control-plane.<trust-domain>` plus `--secure-san` names, serverAuth only, no
+SPIFFE ID); control_plane/identity/server_tls.py serves and renews it.
+
 The trust domain is written into the CA certificates as a URI SAN
 (`spiffe://<trust-domain>`): a CA directory made for one trust domain is
 refused for another instead of silently issuing identities nobody trusts.
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import ipaddress
 import logging
 import os
 import threading
@@ -43,6 +49,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from agentmesh.identity.control_plane_tls import check_server_name, control_plane_server_name
 from agentmesh.identity.keys import generate_key, private_key_pem
 from agentmesh.identity.spiffe import SCHEME, InvalidSpiffeId, SpiffeId, check_trust_domain
 
@@ -117,6 +124,44 @@ class IssuedCertificate:
     @property
     def not_after(self) -> dt.datetime:
         return self.certificate.not_valid_after_utc
+
+
+@dataclass(frozen=True)
+class ServerCertificate:
+    """The control plane's own TLS certificate for its secure port, with its key (made here, never sent)."""
+
+    certificate: x509.Certificate
+    private_key_pem: bytes
+    # Leaf first, then intermediates (not the root), PEM.
+    chain_pem: bytes
+
+    @property
+    def serial(self) -> str:
+        return format(self.certificate.serial_number, "x")
+
+    @property
+    def not_before(self) -> dt.datetime:
+        return self.certificate.not_valid_before_utc
+
+    @property
+    def not_after(self) -> dt.datetime:
+        return self.certificate.not_valid_after_utc
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The DNS names and IP addresses it is valid for."""
+        san = self.certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        dns = san.get_values_for_type(x509.DNSName)
+        return (*dns, *(str(ip) for ip in san.get_values_for_type(x509.IPAddress)))
+
+
+def server_alt_name(value: str) -> x509.DNSName | x509.IPAddress:
+    """`value` as a subjectAltName entry: an IP address or a DNS name; raises ValueError saying why not."""
+    name = check_server_name(value)
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
 
 
 # --- certificate signing requests --------------------------------------------------------------------------------
@@ -484,6 +529,55 @@ class CertificateAuthority:
         chain = (certificate, issuer.certificate) if self._user_root is not None else (certificate,)
         chain_pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain)
         return IssuedCertificate(spiffe_id, certificate, chain_pem, self._bundle_pem)
+
+    def issue_server_certificate(self, extra_names: Sequence[str] = (), *, ttl: dt.timedelta) -> ServerCertificate:
+        """A certificate for the control plane's secure port, over a new EC P-256 key.
+
+        Its subjectAltName holds the DNS name `control-plane.<trust domain>` and `extra_names` (DNS names or IP
+        addresses, e.g. the address clients dial); EKU serverAuth only, so it cannot pass for a workload (it has
+        no SPIFFE ID either). It lasts `ttl`, never past the issuer; raises ValueError for a bad name or ttl.
+        """
+        if ttl <= dt.timedelta(0):
+            raise ValueError("the server certificate TTL must be positive")
+        names: list[x509.DNSName | x509.IPAddress] = [x509.DNSName(control_plane_server_name(self.trust_domain))]
+        for value in extra_names:
+            entry = server_alt_name(value)
+            if entry not in names:
+                names.append(entry)
+        key = generate_key()
+        now = self._clock()
+        issuer = self._current_issuer(now)
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([]))
+            .issuer_name(issuer.certificate.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - BACKDATE)
+            .not_valid_after(min(now + ttl, issuer.certificate.not_valid_after_utc))
+            .add_extension(x509.SubjectAlternativeName(names), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=True,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        )
+        builder = _key_identifiers(builder, key.public_key(), issuer.certificate)
+        certificate = builder.sign(issuer.key, hashes.SHA256())
+        chain = (certificate, issuer.certificate) if self._user_root is not None else (certificate,)
+        chain_pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain)
+        return ServerCertificate(certificate, private_key_pem(key), chain_pem)
 
     def _current_issuer(self, now: dt.datetime) -> _Issuer:
         """The issuer; an intermediate with less than one workload TTL left is replaced first (its root's key read)."""

@@ -53,6 +53,7 @@ from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 
 import agentmesh
+from agentmesh.identity.control_plane_tls import ControlPlaneTls, open_aio_channel
 from sidecar.config import persist
 from sidecar.config.decode import (
     CLUSTER_TYPE,
@@ -187,10 +188,13 @@ class AdsClient:
         initial_fetch_timeout: float = DEFAULT_INITIAL_FETCH_TIMEOUT,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.time,
+        tls: ControlPlaneTls | None = None,
     ) -> None:
         if not 0 < backoff_start <= backoff_max:
             raise ValueError(f"need 0 < backoff_start <= backoff_max, got {backoff_start} and {backoff_max}")
         self._target = target
+        # TLS to the control plane's secure port (agentmesh/identity/control_plane_tls.py); None: plaintext.
+        self._tls = tls
         self._node = node
         self._node_proto = node.to_proto()
         self._stats = stats
@@ -303,7 +307,7 @@ class AdsClient:
             if state.wildcard or state.names:
                 self._send(queue, state, nonce="")
         delivered = False
-        async with grpc.aio.insecure_channel(self._target, options=_CHANNEL_OPTIONS) as channel:
+        async with open_aio_channel(self._target, self._tls, _CHANNEL_OPTIONS) as channel:
             call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources(_drain(queue))
             try:
                 async for response in call:

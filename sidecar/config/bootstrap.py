@@ -12,12 +12,15 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from agentmesh.config import load_yaml_model, parse_duration
+
+if TYPE_CHECKING:
+    from agentmesh.identity.control_plane_tls import ControlPlaneTarget
 
 Seconds = Annotated[float, BeforeValidator(parse_duration)]
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -232,6 +235,38 @@ class ControlPlaneLink(_Strict):
     # Where the last good xDS config is saved (the sidecar starts from it when the
     # control plane is unreachable); default: a file in the temp folder named after the agent.
     config_cache: Path | None = None
+    # The trust bundle (`agentmesh ca bundle`) that turns on TLS to the control plane's secure port
+    # (`--secure-listen`): registration, xDS and enrollment then go to a server proven to hold a certificate
+    # of the mesh's CA. `server_name` is the name that certificate must carry; default
+    # control-plane.<trust domain of the bundle's root>, else control-plane.agentmesh.local.
+    ca_file: Path | None = None
+    server_name: str | None = None
+
+    @field_validator("ca_file", mode="before")
+    @classmethod
+    def _ca_file(cls, value: Any, info: ValidationInfo) -> Path | None:
+        return _optional_file(value, info)
+
+    @model_validator(mode="after")
+    def _tls(self) -> ControlPlaneLink:
+        if self.server_name is not None and self.ca_file is None:
+            raise ValueError("server_name needs ca_file: it is the name the control plane's TLS certificate carries")
+        if self.ca_file is not None:
+            from agentmesh.identity.control_plane_tls import ControlPlaneTls, TrustBundleError
+
+            try:
+                ControlPlaneTls.from_file(self.ca_file, server_name=self.server_name)
+            except TrustBundleError as exc:
+                raise ValueError(str(exc)) from None
+        return self
+
+    def target(self) -> ControlPlaneTarget:
+        """How to dial the control plane: plaintext, or TLS verified with `ca_file` (read again here)."""
+        from agentmesh.identity.control_plane_tls import ControlPlaneTarget, ControlPlaneTls
+
+        if self.ca_file is None:
+            return ControlPlaneTarget(self.address)
+        return ControlPlaneTarget(self.address, ControlPlaneTls.from_file(self.ca_file, server_name=self.server_name))
 
     @field_validator("advertise_address", mode="before")
     @classmethod

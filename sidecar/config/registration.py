@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable
 
 import grpc
 
+from agentmesh.identity.control_plane_tls import ControlPlaneTls, open_aio_channel
 from agentmesh.identity.material import IdentityMaterial
 from agentmesh.v1 import control_pb2, control_pb2_grpc, manifest_pb2
 
@@ -40,8 +41,10 @@ class Registrar:
         zone: str,
         healthy: Callable[[], bool],
         identity: Callable[[], IdentityMaterial | None] = lambda: None,
+        tls: ControlPlaneTls | None = None,
     ) -> None:
         self._target = control_plane
+        self._tls = tls
         self._manifest = manifest
         self._address = address
         self._admin_address = admin_address
@@ -58,7 +61,7 @@ class Registrar:
 
     async def run(self) -> None:
         backoff = BACKOFF_START
-        async with grpc.aio.insecure_channel(self._target) as channel:
+        async with open_aio_channel(self._target, self._tls) as channel:
             stub = control_pb2_grpc.RegistrationStub(channel)
             while True:
                 try:

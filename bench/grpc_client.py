@@ -14,7 +14,11 @@ Used where h2load cannot go, and clearly labelled as such in the report:
   and counts messages, errors and completions.
 
 Each mode writes one JSON document to `--out`. Requests are raw bytes from
-`--body-file` (a serialized message, not framed).
+`--body-file` (a serialized message, not framed). With `--tls-dir` (a
+workload identity's `key.pem`, `cert-chain.pem`, `root-cert.pem`) every
+channel is mutual TLS, presenting that certificate and verifying the
+server's DNS SAN `--tls-server-name`; the handshake happens while
+connecting, before the clock starts, as on any long-lived channel.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +41,46 @@ import grpc
 MAX_IN_FLIGHT = 20_000
 CALL_TIMEOUT_S = 30.0
 CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1), ("grpc.max_receive_message_length", 8 * 1024 * 1024)]
+# A workload identity's files (agentmesh/identity/files.py names them so).
+TLS_KEY, TLS_CHAIN, TLS_ROOTS = "key.pem", "cert-chain.pem", "root-cert.pem"
 
 
-def _channels(target: str, count: int, authority: str | None) -> list[grpc.aio.Channel]:
+@dataclass(frozen=True)
+class ClientTls:
+    """Mutual TLS for the generator's channels: the identity it presents and the server name it expects."""
+
+    key_pem: bytes
+    chain_pem: bytes
+    roots_pem: bytes
+    server_name: str
+
+    @classmethod
+    def from_dir(cls, directory: Path, server_name: str) -> ClientTls:
+        """Reads the three PEM files; a missing one is an error naming it."""
+        files = {name: directory / name for name in (TLS_KEY, TLS_CHAIN, TLS_ROOTS)}
+        missing = [str(path) for path in files.values() if not path.is_file()]
+        if missing:
+            raise ValueError(f"--tls-dir {directory}: missing {', '.join(missing)}")
+        if not server_name:
+            raise ValueError("--tls-dir needs --tls-server-name: the DNS name the server's certificate carries")
+        return cls(
+            files[TLS_KEY].read_bytes(), files[TLS_CHAIN].read_bytes(), files[TLS_ROOTS].read_bytes(), server_name
+        )
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.roots_pem, private_key=self.key_pem, certificate_chain=self.chain_pem
+        )
+
+
+def _channels(target: str, count: int, authority: str | None, tls: ClientTls | None = None) -> list[grpc.aio.Channel]:
     options: list[tuple[str, Any]] = list(CHANNEL_OPTIONS)
     if authority:
         options.append(("grpc.default_authority", authority))
-    return [grpc.aio.insecure_channel(target, options=options) for _ in range(max(1, count))]
+    if tls is None:
+        return [grpc.aio.insecure_channel(target, options=options) for _ in range(max(1, count))]
+    options.append(("grpc.ssl_target_name_override", tls.server_name))
+    return [grpc.aio.secure_channel(target, tls.credentials(), options=options) for _ in range(max(1, count))]
 
 
 def _metadata(pairs: Sequence[str]) -> tuple[tuple[str, str], ...]:
@@ -52,7 +90,7 @@ def _metadata(pairs: Sequence[str]) -> tuple[tuple[str, str], ...]:
 async def _unary(args: argparse.Namespace) -> dict[str, Any]:
     body: bytes = args.body
     metadata = _metadata(args.metadata)
-    channels = _channels(args.target, args.channels, args.authority)
+    channels = _channels(args.target, args.channels, args.authority, args.tls)
     stubs = [c.unary_unary(args.method, request_serializer=None, response_deserializer=None) for c in channels]
     latencies: list[int] = []
     errors: Counter[str] = Counter()
@@ -107,7 +145,7 @@ async def _unary(args: argparse.Namespace) -> dict[str, Any]:
 async def _ttfm(args: argparse.Namespace) -> dict[str, Any]:
     body: bytes = args.body
     metadata = _metadata(args.metadata)
-    (channel,) = _channels(args.target, 1, args.authority)
+    (channel,) = _channels(args.target, 1, args.authority, args.tls)
     stream = channel.unary_stream(args.method, request_serializer=None, response_deserializer=None)
     latencies: list[int] = []
     errors: Counter[str] = Counter()
@@ -129,7 +167,7 @@ async def _ttfm(args: argparse.Namespace) -> dict[str, Any]:
 async def _streams(args: argparse.Namespace) -> dict[str, Any]:
     body: bytes = args.body
     metadata = _metadata(args.metadata)
-    channels = _channels(args.target, args.channels, args.authority)
+    channels = _channels(args.target, args.channels, args.authority, args.tls)
     callables = [c.unary_stream(args.method, request_serializer=None, response_deserializer=None) for c in channels]
     errors: Counter[str] = Counter()
     # The first failure of each status, with whether its stream had opened: a clue to which hop refused it.
@@ -220,8 +258,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=20, help="calls not measured first (ttfm)")
     parser.add_argument("--open-rate", type=float, default=1000.0, help="streams opened per second")
     parser.add_argument("--timeout", type=float, default=120.0, help="per-stream deadline (streams)")
+    parser.add_argument("--tls-dir", type=Path, help="call over mutual TLS with the identity in this folder")
+    parser.add_argument("--tls-server-name", default="", help="the DNS name the server's certificate must carry")
     args = parser.parse_args(argv)
     args.body = Path(args.body_file).read_bytes()
+    args.tls = None
+    if args.tls_dir is not None:
+        try:
+            args.tls = ClientTls.from_dir(args.tls_dir, args.tls_server_name)
+        except ValueError as exc:
+            parser.error(str(exc))
+    elif args.tls_server_name:
+        parser.error("--tls-server-name needs --tls-dir")
     run = {"unary": _unary, "ttfm": _ttfm, "streams": _streams}[args.mode]
     result = asyncio.run(run(args))
     Path(args.out).write_text(json.dumps(result))

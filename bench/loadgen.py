@@ -3,8 +3,9 @@
 h2load (C, nghttp2) is the generator whenever it is installed, so the
 client is never the bottleneck; the Python grpc.aio generator
 (bench/grpc_client.py, a separate process) covers `xds:///` targets, the
-streaming scenario, and stands in for h2load when it is absent, in which
-case every result says so in `tool`.
+streaming scenario, callers that must present a TLS client certificate
+(h2load has no option for one), and stands in for h2load when it is absent;
+every result says which generator sent it in `tool`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 H2LOAD = "h2load"
 PYTHON_GRPC = "grpc.aio (Python; h2load absent)"
 PYTHON_XDS = "grpc.aio (Python, xds:///)"
+PYTHON_MTLS = "grpc.aio (Python, mTLS client certificate)"
 # A run may take its duration plus this long (start-up, draining in-flight requests) before it is killed.
 RUN_GRACE_S = 60.0
 
@@ -57,6 +59,24 @@ class LoadResult:
             "latency": self.latency.to_dict(),
             "error_detail": dict(self.error_detail),
         }
+
+
+@dataclass(frozen=True)
+class ClientCertificate:
+    """A caller's workload identity for mutual TLS: the folder the Rotator keeps it in, and whom to expect.
+
+    `directory` holds `key.pem`, `cert-chain.pem` and `root-cert.pem`
+    (agentmesh/identity/files.py); `server_name` is the DNS SAN the server's
+    certificate must carry (`<agent>.<team>.<trust domain>`), since gRPC
+    clients verify a server by DNS name.
+    """
+
+    directory: Path
+    server_name: str
+
+    def options(self) -> list[str]:
+        """The generator's command-line options for this identity."""
+        return ["--tls-dir", str(self.directory), "--tls-server-name", self.server_name]
 
 
 class LoadError(RuntimeError):
@@ -138,13 +158,21 @@ def _python_client(mode: str, options: Sequence[str], *, env: Mapping[str, str] 
 
 
 def client_options(
-    target: str, method: str, body_file: Path, *, authority: str | None, metadata: Mapping[str, str]
+    target: str,
+    method: str,
+    body_file: Path,
+    *,
+    authority: str | None,
+    metadata: Mapping[str, str],
+    certificate: ClientCertificate | None = None,
 ) -> list[str]:
     options = ["--target", target, "--method", method, "--body-file", str(body_file)]
     if authority:
         options += ["--authority", authority]
     for key, value in metadata.items():
         options += ["--metadata", f"{key}={value}"]
+    if certificate is not None:
+        options += certificate.options()
     return options
 
 
@@ -159,14 +187,20 @@ def run_python_unary(
     authority: str | None = None,
     metadata: Mapping[str, str] | None = None,
     env: Mapping[str, str] | None = None,
+    certificate: ClientCertificate | None = None,
     tool: str = PYTHON_GRPC,
     work_dir: Path,
 ) -> LoadResult:
-    """Unary load from the Python generator; `body` is the serialized message (not framed)."""
+    """Unary load from the Python generator; `body` is the serialized message (not framed).
+
+    With `certificate` the generator calls over mutual TLS, presenting that identity.
+    """
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
         body_file = Path(tmp) / "body.bin"
         body_file.write_bytes(body)
-        options = client_options(target, method, body_file, authority=authority, metadata=metadata or {})
+        options = client_options(
+            target, method, body_file, authority=authority, metadata=metadata or {}, certificate=certificate
+        )
         options += ["--duration", str(duration_s), "--channels", "2"]
         options += ["--rate", str(rate)] if rate else ["--concurrency", str(concurrency)]
         data = _python_client("unary", options, env=env, timeout=duration_s + RUN_GRACE_S)

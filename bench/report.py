@@ -22,6 +22,10 @@ CPU_S_PER_1K = 0.35
 IDLE_SIDECAR_MB = 60.0
 STREAMS_RSS_MB = 300.0
 FULL_STREAMS = 10_000
+# The hop path with workload identity on both ends (bench/scenarios/hop.py), and how rows of the Python generator
+# are marked in the hop table.
+MTLS_PATH = "sidecar-mtls"
+PYTHON_MARK = "[Python]"
 
 
 @dataclass(frozen=True)
@@ -112,22 +116,101 @@ def _limit_target(name: str, value: float | None, limit: float, unit: str, *, at
     return TargetResult(name, f"{fmt(value)} {unit}", bound, passed)
 
 
-def evaluate_targets(results: Mapping[str, Any]) -> list[TargetResult]:
-    """The issue's targets, from one run's results."""
-    hop = results.get("hop") or {}
+def mtls_paths(hop: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The mTLS path and the paths compared with it, all driven by one generator (the Python one).
+
+    h2load cannot present a client certificate, so these are the Python
+    generator's set (`hop.mtls.paths`), or, when h2load was absent and every
+    path was driven by the Python generator, the hop paths themselves.
+    """
+    compared = _get(hop, "mtls", "paths")
+    if compared:
+        return dict(compared)
     paths = hop.get("paths") or {}
-    rate = _rate_key(hop.get("rates") or [])
+    return dict(paths) if MTLS_PATH in paths else {}
+
+
+# A run that achieved less than this share of the rate offered was past saturation: its latency is queueing.
+KEPT_UP = 0.95
+
+
+def mtls_cost(compared: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """What mTLS adds over the plaintext sidecar at each fixed rate, same generator.
+
+    rate -> p50_ms, p99_ms, cpu_s_per_1k (differences, None when a run is
+    missing) and `overloaded`: whether either run fell behind the rate
+    offered, in which case the latencies compare queues, not mTLS.
+    """
+    found: dict[str, dict[str, Any]] = {}
+    for rate in _get(compared, MTLS_PATH, "rates") or {}:
+        cost: dict[str, Any] = {}
+        for pct in ("p50_ms", "p99_ms"):
+            mtls = _get(compared, MTLS_PATH, "rates", rate, "load", "latency", pct)
+            plain = _get(compared, "sidecar", "rates", rate, "load", "latency", pct)
+            cost[pct] = None if mtls is None or plain is None else float(mtls) - float(plain)
+        mtls_cpu = _get(compared, MTLS_PATH, "rates", rate, "proxy_cpu_s_per_1k")
+        plain_cpu = _get(compared, "sidecar", "rates", rate, "proxy_cpu_s_per_1k")
+        cost["cpu_s_per_1k"] = None if mtls_cpu is None or plain_cpu is None else float(mtls_cpu) - float(plain_cpu)
+        cost["overloaded"] = any(
+            _fell_behind(_get(compared, name, "rates", rate, "load")) for name in (MTLS_PATH, "sidecar")
+        )
+        found[rate] = cost
+    return found
+
+
+def _fell_behind(load: Mapping[str, Any] | None) -> bool:
+    if not load or not load.get("rate"):
+        return False
+    return float(load.get("achieved_rps") or 0.0) < KEPT_UP * float(load["rate"])
+
+
+def _per_core(saturation: Mapping[str, Any] | None) -> float | None:
+    """Saturation throughput per core the path's proxies kept busy."""
+    if saturation is None or not saturation.get("proxy_cores") or "load" not in saturation:
+        return None
+    return float(saturation["load"]["achieved_rps"]) / float(saturation["proxy_cores"])
+
+
+def _hop_targets(paths: Mapping[str, Any], rate: str, name: str, label: str, source: str) -> list[TargetResult]:
+    """The all-features sidecar targets for one path: added p50/p99 vs Envoy's, req/s per core, CPU per 1,000."""
     targets = []
     for pct, limit in (("p50_ms", SIDECAR_P50_VS_ENVOY), ("p99_ms", SIDECAR_P99_VS_ENVOY)):
         targets.append(
             _ratio_target(
-                f"sidecar hop at {rate} req/s: added {pct[:3]}",
-                _added(paths, "sidecar", rate, pct),
+                f"{label} hop at {rate} req/s: added {pct[:3]}{source}",
+                _added(paths, name, rate, pct),
                 _added(paths, "envoy", rate, pct),
                 limit,
                 "Envoy's",
             )
         )
+    targets.append(
+        _limit_target(
+            f"{label} req/s per core (saturation, all features){source}",
+            _per_core(_get(paths, name, "saturation")),
+            REQUESTS_PER_CORE,
+            "req/s",
+            at_least=True,
+        )
+    )
+    targets.append(
+        _limit_target(
+            f"{label} CPU per 1,000 requests at {rate} req/s{source}",
+            _get(paths, name, "rates", rate, "proxy_cpu_s_per_1k"),
+            CPU_S_PER_1K,
+            "CPU-s",
+        )
+    )
+    return targets
+
+
+def evaluate_targets(results: Mapping[str, Any]) -> list[TargetResult]:
+    """The issue's targets, from one run's results; the mTLS sidecar's against Envoy measured by its generator."""
+    hop = results.get("hop") or {}
+    paths = hop.get("paths") or {}
+    rate = _rate_key(hop.get("rates") or [])
+    plain = _hop_targets(paths, rate, "sidecar", "sidecar", "")
+    targets = plain[:2]
     proxyless = _get(hop, "proxyless", "paths") or {}
     sources = [("h2load; sidecar inbound, where xds:///echo resolves", paths, "sidecar")]
     if proxyless:
@@ -143,23 +226,8 @@ def evaluate_targets(results: Mapping[str, Any]) -> list[TargetResult]:
                     "two Envoys'",
                 )
             )
-    saturation = _get(paths, "sidecar", "saturation")
-    per_core = None
-    if saturation is not None and saturation.get("proxy_cores"):
-        per_core = float(saturation["load"]["achieved_rps"]) / float(saturation["proxy_cores"])
-    targets.append(
-        _limit_target(
-            "sidecar req/s per core (saturation, all features)", per_core, REQUESTS_PER_CORE, "req/s", at_least=True
-        )
-    )
-    targets.append(
-        _limit_target(
-            f"sidecar CPU per 1,000 requests at {rate} req/s",
-            _get(paths, "sidecar", "rates", rate, "proxy_cpu_s_per_1k"),
-            CPU_S_PER_1K,
-            "CPU-s",
-        )
-    )
+    targets += plain[2:]
+    targets += _hop_targets(mtls_paths(hop), rate, MTLS_PATH, "sidecar (mTLS)", f" {PYTHON_MARK}")
     targets.append(
         _limit_target(
             "idle sidecar RSS", _get(results, "idle", "processes", "sidecar", "rss_mb"), IDLE_SIDECAR_MB, "MB"
@@ -184,17 +252,19 @@ def _latency_cells(latency: Mapping[str, Any] | None) -> list[str]:
     return [fmt(latency.get(k)) for k in ("p50_ms", "p90_ms", "p99_ms")]
 
 
-def hop_table(hop: Mapping[str, Any]) -> Table:
-    paths = hop.get("paths") or {}
-    labels = hop.get("labels") or {}
+def _hop_rows(paths: Mapping[str, Any], labels: Mapping[str, str], *, mark: str = "") -> list[list[str]]:
+    """Rows of the hop table for one set of paths measured by one generator; +pXX over that set's direct path."""
     rows: list[list[str]] = []
     for name, path in paths.items():
         runs = [(key, run) for key, run in (path.get("rates") or {}).items()]
         if path.get("saturation") is not None:
             runs.append(("max", path["saturation"]))
+        cell = f"{name} ({labels[name]})" if labels.get(name) else name
+        if mark:
+            cell += f" {mark}"
         for key, run in runs:
             if "error" in run:
-                rows.append([name, key, run["error"][:60]] + ["—"] * 11)
+                rows.append([cell, key, run["error"][:60]] + ["—"] * 11)
                 continue
             latency = run["load"]["latency"]
             added = ["—"] * 3
@@ -203,7 +273,7 @@ def hop_table(hop: Mapping[str, Any]) -> Table:
             rss = run.get("proxy_peak_rss_mb") or {}
             rows.append(
                 [
-                    f"{name} ({labels.get(name, '')})" if labels.get(name) else name,
+                    cell,
                     key,
                     fmt(run["load"]["achieved_rps"], 0),
                     *_latency_cells(latency),
@@ -215,12 +285,60 @@ def hop_table(hop: Mapping[str, Any]) -> Table:
                     fmt(run.get("machine_busy_cores")),
                 ]
             )
+    return rows
+
+
+def _mtls_notes(hop: Mapping[str, Any]) -> list[str]:
+    """How the mTLS path was measured, what mTLS costs over the plaintext sidecar, or why it is missing."""
+    mtls = hop.get("mtls") or {}
+    compared = mtls_paths(hop)
+    notes = []
+    if mtls.get("paths"):
+        notes.append(
+            f"{PYTHON_MARK} rows: load generator {mtls.get('tool')} (bench/grpc_client.py), because h2load cannot "
+            f"present a TLS client certificate. They are one set, interleaved at each rate, and their +pXX are over "
+            f"the {PYTHON_MARK} direct row: compare them with each other, not with the h2load rows (the Python "
+            "generator adds latency of its own and shares the cores with the proxies, so it saturates far sooner)."
+        )
+    if compared:
+        client = _get(mtls, "identities", "client") or "bench-client of team bench"
+        notes.append(
+            f"{MTLS_PATH}: the client presents a workload certificate from the control plane ({client}, enrolled "
+            "with a join token); the sidecar enrolled with its own token and accepts strict mTLS only, and its "
+            "AccessPolicy allows that SPIFFE ID alone. Handshakes happen while connecting, before the clock starts "
+            "(long-lived channels). The plaintext sidecar and Envoy allow any caller (a plaintext caller has no "
+            "certificate to match); Envoy is plaintext from the client."
+        )
+        for rate, cost in mtls_cost(compared).items():
+            note = (
+                f"mTLS over the plaintext sidecar at {rate} req/s, same generator: p50 {_signed(cost['p50_ms'])} ms, "
+                f"p99 {_signed(cost['p99_ms'])} ms, CPU-s/1k {_signed(cost['cpu_s_per_1k'], 3)}"
+            )
+            if cost["overloaded"]:
+                note += " (past saturation: a path achieved less than the rate offered, so the latencies are queues)"
+            notes.append(note + ".")
+    if mtls.get("error"):
+        notes.append(f"{MTLS_PATH} not measured: {str(mtls['error'])[:300]}")
+    return notes
+
+
+def _signed(value: float | None, digits: int = 2) -> str:
+    if value is None or math.isnan(value):
+        return "—"
+    return f"{value:+.{digits}f}"
+
+
+def hop_table(hop: Mapping[str, Any]) -> Table:
+    labels = hop.get("labels") or {}
+    rows = _hop_rows(hop.get("paths") or {}, labels)
+    rows += _hop_rows(_get(hop, "mtls", "paths") or {}, labels, mark=PYTHON_MARK)
     notes = [
         f"load generator: {hop.get('tool')}; request {hop.get('request_bytes')} B, reply {hop.get('reply_bytes')} B "
         "payload; fixed rates are open loop, `max` is closed loop (saturation).",
         "latency in ms; +pXX = the path's percentile minus the direct path's at the same rate.",
         "CPU-s/1k and cores: the path's proxies only (both Envoys for envoy2); machine = busy cores of the whole "
         "machine during the run (ours, the load generator's and anyone else's).",
+        *_mtls_notes(hop),
     ]
     headers = [
         "path",

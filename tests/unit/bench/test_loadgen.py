@@ -36,6 +36,17 @@ def test_client_options_repeat_metadata():
     assert options.count("--metadata") == 2 and "x-b=2" in options and "--authority" in options
 
 
+def test_client_options_carry_the_client_certificate():
+    certificate = loadgen.ClientCertificate(Path("/tmp/client.identity"), "echo-mtls.bench.agentmesh.local")
+
+    options = loadgen.client_options(
+        "127.0.0.1:1", "/a.B/C", Path("/tmp/body"), authority=None, metadata={}, certificate=certificate
+    )
+
+    assert options[-4:] == ["--tls-dir", "/tmp/client.identity", "--tls-server-name", "echo-mtls.bench.agentmesh.local"]
+    assert "--tls-dir" not in loadgen.client_options("127.0.0.1:1", "/a.B/C", Path("/b"), authority=None, metadata={})
+
+
 @pytest.mark.skipif(h2load.binary() is None, reason="h2load (nghttp2-client) is not installed")
 def test_h2load_against_a_closed_port_reports_every_request_as_an_error(tmp_path: Path):
     from tests.integration.procs import free_port

@@ -149,3 +149,102 @@ def test_tracing_table_reports_an_error_and_is_absent_when_not_run():
 
     assert table is not None and table.rows == [["h2load is not installed"]]
     assert report.tracing_table({}) is None
+
+
+def with_mtls(data: dict[str, Any], *, mtls_p50: float = 2.4, mtls_p99: float = 7.0) -> dict[str, Any]:
+    """The Python generator's set beside h2load: direct, sidecar, sidecar-mtls and envoy, with saturation."""
+    data["hop"]["labels"] = {**data["hop"]["labels"], report.MTLS_PATH: "client → sidecar (mTLS) → backend"}
+    data["hop"]["mtls"] = {
+        "tool": "grpc.aio (Python), same client for every path",
+        "paths": {
+            "direct": {"rates": {"1000": run(2.0, 5.0)}, "saturation": run(20, 40, rps=2500)},
+            "sidecar": {
+                "rates": {"1000": run(2.2, 6.0, cpu_1k=0.8, cores=0.8)},
+                "saturation": run(50, 90, rps=1000, cores=0.9),
+            },
+            report.MTLS_PATH: {
+                "rates": {"1000": run(mtls_p50, mtls_p99, cpu_1k=0.9, cores=0.9)},
+                "saturation": run(60, 99, rps=900, cores=0.9),
+            },
+            "envoy": {"rates": {"1000": run(2.3, 6.0, cpu_1k=0.2, cores=0.2)}, "saturation": run(20, 40, rps=2000)},
+        },
+    }
+    return data
+
+
+def test_mtls_targets_compare_with_envoy_driven_by_the_same_generator():
+    targets = by_name(report.evaluate_targets(with_mtls(results(), mtls_p50=2.6)))
+
+    p50 = targets["sidecar (mTLS) hop at 1000 req/s: added p50 [Python]"]
+    assert p50.verdict == "FAIL" and "0.600 ms vs 0.300 ms (2.00x)" in p50.measured  # over the Python direct
+    p99 = targets["sidecar (mTLS) hop at 1000 req/s: added p99 [Python]"]
+    assert p99.verdict == "PASS"  # 2.0 vs 1.0, limit 2x
+    assert targets["sidecar (mTLS) req/s per core (saturation, all features) [Python]"].verdict == "FAIL"
+    assert targets["sidecar (mTLS) CPU per 1,000 requests at 1000 req/s [Python]"].measured == "0.90 CPU-s"
+    # The plaintext targets still read the h2load paths.
+    assert targets["sidecar hop at 1000 req/s: added p50"].verdict == "PASS"
+
+
+def test_mtls_targets_are_not_applicable_without_the_mtls_path():
+    targets = report.evaluate_targets(results())
+
+    mtls = [t for t in targets if t.name.startswith("sidecar (mTLS)")]
+    assert len(mtls) == 4 and all(t.verdict == "n/a" for t in mtls)
+
+
+def test_hop_table_marks_the_python_rows_and_says_why():
+    table = report.hop_table(with_mtls(results())["hop"])
+
+    python_rows = [row for row in table.rows if row[0].endswith(report.PYTHON_MARK)]
+    assert [row[0].split(" ")[0] for row in python_rows] == [
+        "direct",
+        "direct",
+        "sidecar",
+        "sidecar",
+        report.MTLS_PATH,
+        report.MTLS_PATH,
+        "envoy",
+        "envoy",
+    ]
+    mtls_at_rate = next(row for row in python_rows if row[0].startswith(report.MTLS_PATH) and row[1] == "1000")
+    assert mtls_at_rate[table.headers.index("+p50")] == "0.40"  # 2.4 - the Python direct's 2.0
+    assert mtls_at_rate[table.headers.index("peak RSS MB")] == "50"
+    notes = " ".join(table.notes)
+    assert "h2load cannot present a TLS client certificate" in notes
+    assert "mTLS over the plaintext sidecar at 1000 req/s, same generator: p50 +0.20 ms, p99 +1.00 ms" in notes
+    assert "CPU-s/1k +0.100." in notes and "past saturation" not in notes
+
+
+def test_mtls_cost_past_saturation_says_it_compares_queues():
+    data = with_mtls(results())
+    data["hop"]["mtls"]["paths"][report.MTLS_PATH]["rates"]["1000"]["load"]["rate"] = 1000.0
+    data["hop"]["mtls"]["paths"][report.MTLS_PATH]["rates"]["1000"]["load"]["achieved_rps"] = 730.0
+
+    cost = report.mtls_cost(data["hop"]["mtls"]["paths"])
+    notes = " ".join(report.hop_table(data["hop"]).notes)
+
+    assert cost["1000"]["overloaded"] is True
+    assert "(past saturation: a path achieved less than the rate offered, so the latencies are queues)." in notes
+
+
+def test_hop_table_says_why_the_mtls_path_is_missing():
+    data = results()
+    data["hop"]["mtls"] = {"error": "start-up: AssertionError: timed out waiting for the mTLS sidecar"}
+
+    table = report.hop_table(data["hop"])
+
+    assert not any(row[0].endswith(report.PYTHON_MARK) for row in table.rows)
+    assert any(note.startswith("sidecar-mtls not measured: start-up: AssertionError") for note in table.notes)
+
+
+def test_without_h2load_the_mtls_path_is_one_of_the_hop_paths():
+    data = results()
+    data["hop"]["tool"] = "grpc.aio (Python; h2load absent)"
+    data["hop"]["paths"][report.MTLS_PATH] = {"rates": {"1000": run(1.4, 4.0, cpu_1k=0.9, cores=0.9)}}
+
+    targets = by_name(report.evaluate_targets(data))
+    table = report.hop_table(data["hop"])
+
+    assert targets["sidecar (mTLS) hop at 1000 req/s: added p50 [Python]"].verdict == "FAIL"  # 0.4 vs 0.2
+    assert not any(row[0].endswith(report.PYTHON_MARK) for row in table.rows)
+    assert any("mTLS over the plaintext sidecar at 1000 req/s" in note for note in table.notes)

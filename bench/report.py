@@ -22,6 +22,10 @@ CPU_S_PER_1K = 0.35
 IDLE_SIDECAR_MB = 60.0
 STREAMS_RSS_MB = 300.0
 FULL_STREAMS = 10_000
+# Control plane: (clients, how long until the slowest ACK may take, which statistic) and memory at the largest step.
+CP_ACK_TARGETS = ((1_000, 1_000.0, "p99_ms"), (10_000, 10_000.0, "max_ms"))
+CP_RSS_MB = 1024.0
+VALIDATION_1KIB_US = 20.0
 # The hop path with workload identity on both ends (bench/scenarios/hop.py), and how rows of the Python generator
 # are marked in the hop table.
 MTLS_PATH = "sidecar-mtls"
@@ -243,6 +247,36 @@ def evaluate_targets(results: Mapping[str, Any]) -> list[TargetResult]:
     if errors is not None and streams.get("opened") is not None:
         errors = int(errors) + max(0, int(count or 0) - int(streams["opened"]) - int(errors))
     targets.append(_limit_target(f"{label}: errors", None if errors is None else float(errors), 0, "errors"))
+    targets += _control_plane_targets(results.get("control_plane") or {})
+    targets.append(
+        _limit_target(
+            "contract validation per 1 KiB message",
+            _get(results, "contract", "1KiB", "parse_and_validate_us"),
+            VALIDATION_1KIB_US,
+            "µs",
+        )
+    )
+    return targets
+
+
+def _control_plane_targets(cp: Mapping[str, Any]) -> list[TargetResult]:
+    """ACK after a policy change (p99 at 1,000 clients, the last one at 10,000) and RSS at the largest step."""
+    steps = {int(step["clients"]): step for step in cp.get("steps") or []}
+    targets = []
+    for clients, limit_ms, stat in CP_ACK_TARGETS:
+        step = steps.get(clients)
+        what = "p99" if stat == "p99_ms" else "all"
+        name = f"control plane, {clients:,} clients ACK a change ({what})"
+        if step is not None and step.get("missing"):
+            targets.append(
+                TargetResult(name, f"{step['missing']:,} clients never ACKed", f"≤ {fmt(limit_ms)} ms", False)
+            )
+            continue
+        targets.append(_limit_target(name, _get(step, "ack_latency", stat), limit_ms, "ms"))
+    largest = steps.get(max(steps)) if steps else None
+    rss = largest.get("rss_peak_mb") if largest is not None else None
+    label = f"control plane RSS at {max(steps):,} clients" if steps else "control plane RSS"
+    targets.append(_limit_target(label, rss, CP_RSS_MB, "MB"))
     return targets
 
 

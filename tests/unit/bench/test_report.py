@@ -248,3 +248,33 @@ def test_without_h2load_the_mtls_path_is_one_of_the_hop_paths():
     assert targets["sidecar (mTLS) hop at 1000 req/s: added p50 [Python]"].verdict == "FAIL"  # 0.4 vs 0.2
     assert not any(row[0].endswith(report.PYTHON_MARK) for row in table.rows)
     assert any("mTLS over the plaintext sidecar at 1000 req/s" in note for note in table.notes)
+
+
+def control_plane_step(clients: int, *, p99_ms: float, max_ms: float, rss: float, missing: int = 0) -> dict[str, Any]:
+    latency = {"count": clients, "p50_ms": p99_ms / 2, "p99_ms": p99_ms, "max_ms": max_ms}
+    return {"clients": clients, "missing": missing, "ack_latency": latency, "rss_peak_mb": rss}
+
+
+def test_control_plane_and_validation_targets():
+    data = results()
+    data["control_plane"] = {
+        "steps": [
+            control_plane_step(1_000, p99_ms=1_200.0, max_ms=1_300.0, rss=150.0),
+            control_plane_step(10_000, p99_ms=2_800.0, max_ms=2_900.0, rss=1_100.0),
+        ]
+    }
+    data["contract"] = {"1KiB": {"parse_and_validate_us": 4.7}}
+    targets = by_name(report.evaluate_targets(data))
+    assert targets["control plane, 1,000 clients ACK a change (p99)"].verdict == "FAIL"
+    assert targets["control plane, 10,000 clients ACK a change (all)"].verdict == "PASS"
+    assert targets["control plane RSS at 10,000 clients"].verdict == "FAIL"
+    assert targets["contract validation per 1 KiB message"].verdict == "PASS"
+
+
+def test_a_control_plane_step_with_missing_acks_fails():
+    data = results()
+    data["control_plane"] = {"steps": [control_plane_step(1_000, p99_ms=100.0, max_ms=100.0, rss=1.0, missing=3)]}
+    targets = by_name(report.evaluate_targets(data))
+    failed = targets["control plane, 1,000 clients ACK a change (p99)"]
+    assert failed.verdict == "FAIL" and failed.measured == "3 clients never ACKed"
+    assert targets["control plane, 10,000 clients ACK a change (all)"].verdict == "n/a"

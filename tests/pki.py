@@ -23,7 +23,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from agentmesh.identity.keys import PrivateKey, private_key_pem
 from agentmesh.identity.material import IdentityMaterial
 from agentmesh.identity.spiffe import SpiffeId
-from control_plane.identity.ca import ROOT_CERT, ROOT_KEY
+from control_plane.identity.issuers import ROOT_CERT, ROOT_KEY
 
 NOW = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.UTC)
 HOUR = dt.timedelta(hours=1)

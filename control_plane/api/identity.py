@@ -46,11 +46,9 @@ from control_plane.identity.ca import (
     REJECTION_REASONS,
     CertificateAuthority,
     CertificateRejected,
-    CsrRejected,
     IssuedCertificate,
-    parse_csr,
-    verify_possession,
 )
+from control_plane.identity.csr import CsrRejected, parse_csr, verify_possession
 from control_plane.identity.join_tokens import REFUSALS, JoinTokenRefused, JoinTokenStore
 from control_plane.identity.ledger import IssuanceLedger
 

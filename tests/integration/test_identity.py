@@ -30,7 +30,7 @@ from agentmesh.identity.material import IdentityMaterial
 from agentmesh.identity.rotation import Rotator
 from agentmesh.identity.spiffe import SpiffeId
 from agentmesh.v1 import control_pb2, control_pb2_grpc
-from control_plane.identity.ca import ROOT_CERT
+from control_plane.identity.issuers import ROOT_CERT
 from tests.integration.controlplane import TOKEN, ControlPlaneProcess
 from tests.integration.procs import AGENTMESH, ROOT, metric
 from tests.pki import control_plane_root, forged_leaf, user_root

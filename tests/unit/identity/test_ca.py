@@ -16,18 +16,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from agentmesh.identity.keys import sign
 from agentmesh.identity.spiffe import SpiffeId
-from control_plane.identity.ca import (
-    BACKDATE,
-    INTERMEDIATE_CERT,
-    ROOT_CERT,
-    ROOT_KEY,
-    CaError,
-    CertificateAuthority,
-    CertificateRejected,
-    CsrRejected,
-    parse_csr,
-    verify_possession,
-)
+from control_plane.identity.ca import CertificateAuthority, CertificateRejected
+from control_plane.identity.csr import CsrRejected, parse_csr, verify_possession
+from control_plane.identity.issuers import BACKDATE, INTERMEDIATE_CERT, ROOT_CERT, ROOT_KEY, CaError
 from tests.pki import NOW, Clock, csr_pem, forged_leaf, user_root
 
 RESEARCHER = SpiffeId("agentmesh.local", "research", "researcher")

@@ -30,7 +30,8 @@ from agentmesh.identity.keys import (
 )
 from agentmesh.identity.material import IdentityMaterial
 from agentmesh.identity.spiffe import SpiffeId
-from control_plane.identity.ca import CertificateAuthority, parse_csr, verify_possession
+from control_plane.identity.ca import CertificateAuthority
+from control_plane.identity.csr import parse_csr, verify_possession
 
 RESEARCHER = SpiffeId("agentmesh.local", "research", "researcher")
 CA = CertificateAuthority.in_memory(trust_domain="agentmesh.local")

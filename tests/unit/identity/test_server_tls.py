@@ -13,12 +13,8 @@ from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from prometheus_client import CollectorRegistry
 
-from control_plane.identity.ca import (
-    BACKDATE,
-    CertificateAuthority,
-    CertificateRejected,
-    ServerCertificate,
-)
+from control_plane.identity.ca import CertificateAuthority, CertificateRejected, ServerCertificate
+from control_plane.identity.issuers import BACKDATE
 from control_plane.identity.server_tls import ServerTls
 from tests.pki import NOW, Clock, user_root
 

@@ -15,7 +15,8 @@ from agentmesh.identity.client import IdentityClient, IdentityError
 from agentmesh.identity.keys import build_csr, csr_der, generate_key, sign
 from agentmesh.identity.spiffe import SpiffeId
 from agentmesh.v1 import control_pb2, control_pb2_grpc
-from control_plane.identity.ca import CertificateAuthority, parse_csr
+from control_plane.identity.ca import CertificateAuthority
+from control_plane.identity.csr import parse_csr
 from tests.pki import csr_pem
 from tests.unit.identity.conftest import IdentityServer, start_identity_server, stop_identity_server
 

@@ -305,18 +305,9 @@ def log_access(
     handler = _installed
     if handler is None or handler not in _root.handlers:
         # Not configured (a library user, a test with its own handlers): an ordinary log record.
-        fields: dict[str, object] = {
-            "direction": direction,
-            "source": source,
-            "destination": destination,
-            "version": version,
-            "method": method,
-            "code": code,
-            "duration_ms": round(duration_ms, 3),
-            "attempt": attempt,
-            "trace_id": trace_id,
-            "span_id": span_id,
-        }
+        fields = _core_fields(
+            direction, source, destination, version, method, code, duration_ms, attempt, trace_id, span_id
+        )
         fields.update(extra)
         _access.info("access", extra={_FIELDS_ATTR: fields})
         return
@@ -328,25 +319,42 @@ def log_access(
             f'"trace_id":{_quote(trace_id)},"span_id":{_quote(span_id)}'
         )
     except TypeError:  # a caller passed a non-string: let the generic encoder spell it
-        members = _encode(
-            {
-                "direction": direction,
-                "source": source,
-                "destination": destination,
-                "version": version,
-                "method": method,
-                "code": code,
-                "duration_ms": round(duration_ms, 3),
-                "attempt": attempt,
-                "trace_id": trace_id,
-                "span_id": span_id,
-            }
-        )[1:-1]
+        core = _core_fields(
+            direction, source, destination, version, method, code, duration_ms, attempt, trace_id, span_id
+        )
+        members = _encode(core)[1:-1]
     for key, value in extra.items():
         name = _quote(f"{key}_" if key in _CORE_KEYS else key)
         members += f",{name}:{_quote(value)}" if type(value) is str else f",{name}:{_encode(value)}"
     access = handler.access
     access.append(access.line(members))
+
+
+def _core_fields(
+    direction: str,
+    source: str,
+    destination: str,
+    version: str,
+    method: str,
+    code: str,
+    duration_ms: float,
+    attempt: int,
+    trace_id: str,
+    span_id: str,
+) -> dict[str, object]:
+    """The fields every access line has, in their order, for the generic (slower) encoders."""
+    return {
+        "direction": direction,
+        "source": source,
+        "destination": destination,
+        "version": version,
+        "method": method,
+        "code": code,
+        "duration_ms": round(duration_ms, 3),
+        "attempt": attempt,
+        "trace_id": trace_id,
+        "span_id": span_id,
+    }
 
 
 def _number(value: object) -> str:

@@ -98,8 +98,26 @@ REJECTION_REASONS: Final = (
 )
 
 
+class _Signed:
+    """Serial and validity read from `certificate`."""
+
+    certificate: x509.Certificate
+
+    @property
+    def serial(self) -> str:
+        return format(self.certificate.serial_number, "x")
+
+    @property
+    def not_before(self) -> dt.datetime:
+        return self.certificate.not_valid_before_utc
+
+    @property
+    def not_after(self) -> dt.datetime:
+        return self.certificate.not_valid_after_utc
+
+
 @dataclass(frozen=True)
-class IssuedCertificate:
+class IssuedCertificate(_Signed):
     """One signed workload certificate and what a workload needs with it."""
 
     spiffe_id: SpiffeId
@@ -108,39 +126,15 @@ class IssuedCertificate:
     chain_pem: bytes
     trust_bundle_pem: bytes
 
-    @property
-    def serial(self) -> str:
-        return format(self.certificate.serial_number, "x")
-
-    @property
-    def not_before(self) -> dt.datetime:
-        return self.certificate.not_valid_before_utc
-
-    @property
-    def not_after(self) -> dt.datetime:
-        return self.certificate.not_valid_after_utc
-
 
 @dataclass(frozen=True)
-class ServerCertificate:
+class ServerCertificate(_Signed):
     """The control plane's own TLS certificate for its secure port, with its key (made here, never sent)."""
 
     certificate: x509.Certificate
     private_key_pem: bytes
     # Leaf first, then intermediates (not the root), PEM.
     chain_pem: bytes
-
-    @property
-    def serial(self) -> str:
-        return format(self.certificate.serial_number, "x")
-
-    @property
-    def not_before(self) -> dt.datetime:
-        return self.certificate.not_valid_before_utc
-
-    @property
-    def not_after(self) -> dt.datetime:
-        return self.certificate.not_valid_after_utc
 
     @property
     def names(self) -> tuple[str, ...]:

@@ -251,6 +251,24 @@ class SidecarStats:
         found = self._routes.get(key)
         if found is not None:
             return found
+        return self._resolve_route(key)[0]
+
+    def resolve_route(
+        self, *, direction: str, source_agent: str, destination_agent: str, destination_version: str, rpc_method: str
+    ) -> tuple[RouteStats, bool]:
+        """`route(...)`, and whether callers may keep the result for these labels.
+
+        False when a label value was folded into "other": each call must then
+        come back here, so its overflow is counted again.
+        """
+        key = (direction, source_agent, destination_agent, destination_version, rpc_method)
+        found = self._routes.get(key)
+        if found is not None:
+            return found, True
+        return self._resolve_route(key)
+
+    def _resolve_route(self, key: tuple[str, str, str, str, str]) -> tuple[RouteStats, bool]:
+        direction, source_agent, destination_agent, destination_version, rpc_method = key
         source, ok_source = self._guards["source_agent"].admit(source_agent)
         destination, ok_destination = self._guards["destination_agent"].admit(destination_agent)
         version, ok_version = self._guards["destination_version"].admit(destination_version)
@@ -259,10 +277,11 @@ class SidecarStats:
         stats = self._bound_routes.get(labels)
         if stats is None:
             stats = self._bound_routes[labels] = RouteStats(self, labels)
-        if ok_source and ok_destination and ok_version and ok_method:
+        admitted = ok_source and ok_destination and ok_version and ok_method
+        if admitted:
             # Folded keys are not cached: each later call counts its overflow again.
             self._routes[key] = stats
-        return stats
+        return stats, admitted
 
     def contract_violation(self, rpc_method: str, side: str, reason: str) -> None:
         """Counts one message that broke the contract; `side` is "request" or "response"."""

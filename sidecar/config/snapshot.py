@@ -96,6 +96,14 @@ class RouteAction:
     retry: RetryPolicy | None
     # RouteAction.hash_policy[].header.header_name: the same value always picks the same cluster.
     hash_header: str | None = None
+    # Derived once for the split (sidecar/outbound/split.py): the sum of the weights and the
+    # lower-cased hash header (metadata keys are lower-case).
+    total_weight: int = field(init=False, repr=False, compare=False)
+    hash_key: str | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "total_weight", sum(c.weight for c in self.clusters))
+        object.__setattr__(self, "hash_key", self.hash_header.lower() if self.hash_header is not None else None)
 
 
 @dataclass(frozen=True)
@@ -130,10 +138,30 @@ class VirtualHost:
 
 @dataclass(frozen=True)
 class RouteTable:
-    """config.route.v3.RouteConfiguration."""
+    """config.route.v3.RouteConfiguration.
+
+    Domains are lower-cased once here for the router (sidecar/outbound/router.py):
+    `exact` maps each exact domain to the first virtual host naming it, and
+    `wildcards` keeps the other domains (`*`, `prefix*`, `*suffix`) in order.
+    """
 
     name: str
     virtual_hosts: tuple[VirtualHost, ...]
+    exact: Mapping[str, VirtualHost] = field(init=False, repr=False, compare=False)
+    wildcards: tuple[tuple[str, VirtualHost], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        exact: dict[str, VirtualHost] = {}
+        wildcards: list[tuple[str, VirtualHost]] = []
+        for virtual_host in self.virtual_hosts:
+            for domain in virtual_host.domains:
+                lowered = domain.lower()
+                if lowered.startswith("*") or lowered.endswith("*"):
+                    wildcards.append((lowered, virtual_host))
+                else:
+                    exact.setdefault(lowered, virtual_host)
+        object.__setattr__(self, "exact", MappingProxyType(exact))
+        object.__setattr__(self, "wildcards", tuple(wildcards))
 
 
 @dataclass(frozen=True)

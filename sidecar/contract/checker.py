@@ -20,6 +20,8 @@ from sidecar.contract.compiled import MethodContract
 from sidecar.errors import ContractViolation, FieldViolation
 
 _MESSAGE = descriptor.FieldDescriptor.TYPE_MESSAGE
+# Message types whose shape is remembered; contracts hold far fewer.
+_MAX_REMEMBERED_TYPES = 4096
 
 
 class MessageChecker:
@@ -27,8 +29,9 @@ class MessageChecker:
 
     def __init__(self) -> None:
         self._validator = protovalidate.Validator()
-        # descriptor full name -> does the type contain message fields (recurse?)
-        self._nested: dict[str, bool] = {}
+        # message descriptor -> does the type contain message fields (recurse?); keyed by the descriptor
+        # itself (one object per type) so a check reads no name.
+        self._nested: dict[Any, bool] = {}
 
     def parse(self, method: MethodContract, data: bytes, *, side: str) -> message.Message:
         """Decodes wire bytes into the method's request or response type and checks it."""
@@ -125,10 +128,12 @@ class MessageChecker:
         return found
 
     def _has_nested(self, desc: Any) -> bool:
-        known = self._nested.get(desc.full_name)
+        known = self._nested.get(desc)
         if known is None:
             known = any(f.type == _MESSAGE for f in desc.fields)
-            self._nested[desc.full_name] = known
+            if len(self._nested) >= _MAX_REMEMBERED_TYPES:
+                self._nested.clear()  # contracts were reloaded many times: forget the old types
+            self._nested[desc] = known
         return known
 
 

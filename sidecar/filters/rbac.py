@@ -37,9 +37,11 @@ ignores a query string.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Literal, Protocol
 
 from sidecar.errors import AccessDenied
@@ -49,6 +51,8 @@ _ACTIONS: dict[int, Action] = {0: "ALLOW", 1: "DENY", 2: "LOG"}
 StringKind = Literal["exact", "prefix", "suffix", "contains", "regex"]
 # The `policy` of a denial no policy asked for: an ALLOW filter that nothing matched.
 DEFAULT_DENY = "default-deny"
+# (path, peer) decisions a filter without header matchers remembers; beyond this it starts over.
+MAX_REMEMBERED_DECISIONS = 4096
 
 
 class _Matcher(Protocol):
@@ -297,6 +301,17 @@ class Decision:
 _PASS = Decision(True)
 
 
+def _reads_headers(matcher: _Matcher) -> bool:
+    """Whether `matcher` looks at request headers (`:path` is the call's path, not a header)."""
+    if isinstance(matcher, _Header):
+        return matcher.name != ":path"
+    if isinstance(matcher, (_And, _Or)):
+        return any(_reads_headers(item) for item in matcher.items)
+    if isinstance(matcher, _Not):
+        return _reads_headers(matcher.item)
+    return False
+
+
 @dataclass(frozen=True)
 class RbacConfig:
     """One compiled RBAC filter config. `action` is None when the config has no `rules` (allow everything)."""
@@ -305,6 +320,25 @@ class RbacConfig:
     action: Action | None = None
     # Sorted by name: the first that matches is the one reported.
     policies: tuple[RbacPolicy, ...] = ()
+    # Derived when built: whether any matcher reads headers, and the decision for each policy name
+    # that may match (None: none did), so a call allocates no Decision.
+    reads_headers: bool = dataclasses.field(init=False, repr=False, compare=False)
+    _decisions: Mapping[str | None, Decision] = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        matchers = [m for p in self.policies for m in (*p.permissions, *p.principals)]
+        object.__setattr__(self, "reads_headers", any(_reads_headers(m) for m in matchers))
+        names: list[str | None] = [p.name for p in self.policies]
+        names.append(None)
+        decisions: dict[str | None, Decision] = {}
+        for policy in names:
+            if self.action == "ALLOW":
+                decisions[policy] = Decision(policy is not None, policy)
+            elif self.action == "DENY":
+                decisions[policy] = Decision(policy is None, policy)
+            else:
+                decisions[policy] = Decision(True, policy)
+        object.__setattr__(self, "_decisions", MappingProxyType(decisions))
 
     @classmethod
     def from_proto(cls, rbac: Any, *, name: str = "") -> RbacConfig:
@@ -336,19 +370,26 @@ class RbacConfig:
         """Envoy's decision for a call to `path` with `headers` (lower-case keys) from `peer_identity`."""
         if self.action is None:
             return _PASS
-        matched = next((p.name for p in self.policies if p.matches(path, headers, peer_identity)), None)
-        if self.action == "ALLOW":
-            return Decision(matched is not None, matched)
-        if self.action == "DENY":
-            return Decision(matched is None, matched)
-        return Decision(True, matched)
+        for policy in self.policies:
+            if policy.matches(path, headers, peer_identity):
+                return self._decisions[policy.name]
+        return self._decisions[None]
 
 
 class RbacFilter:
-    """The inbound access step: the listener's RBAC configs in filter order; any denial refuses the call."""
+    """The inbound access step: the listener's RBAC configs in filter order; any denial refuses the call.
+
+    When no config reads headers, a decision depends on the path and the peer
+    alone (both from bounded sets: the contract's methods, the mesh's
+    identities), so it is remembered per (path, peer) for this filter's life:
+    the sidecar builds a new filter for each listener update.
+    """
 
     def __init__(self, configs: Iterable[RbacConfig]) -> None:
         self.configs = tuple(configs)
+        self._memo: dict[tuple[str, str | None], Decision] | None = (
+            None if any(c.reads_headers for c in self.configs) else {}
+        )
 
     def __repr__(self) -> str:
         return f"RbacFilter({[c.name or c.action for c in self.configs]})"
@@ -378,7 +419,18 @@ class RbacFilter:
 
         `peer` is the caller's proven identity (its certificate's SPIFFE ID), None for a caller without one.
         """
-        decision = self.evaluate(path, headers, peer)
+        memo = self._memo
+        if memo is None:
+            decision = self.evaluate(path, headers, peer)
+        else:
+            key = (path, peer)
+            found = memo.get(key)
+            if found is None:
+                found = self.evaluate(path, headers, peer)
+                if len(memo) >= MAX_REMEMBERED_DECISIONS:
+                    memo.clear()
+                memo[key] = found
+            decision = found
         if decision.allowed:
             return decision
         policy = decision.policy or DEFAULT_DENY

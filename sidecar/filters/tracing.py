@@ -1,14 +1,16 @@
 """Spans for calls through the sidecar: SERVER per inbound call, CLIENT per outbound attempt.
 
 Named by full method (`research.v1.Researcher/Search`) with OpenTelemetry RPC
-attributes and GenAI agent attributes. Attribute sets are built once per
-method; a call only starts and ends its span. Contract violations, access
+attributes and GenAI agent attributes. Span names and attribute sets are
+built once per method (`SpanShape`); a call only starts and ends its span. Contract violations, access
 denials and errors are recorded on the span.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from opentelemetry import trace
@@ -24,6 +26,14 @@ _TRACER_NAME = "agentmesh.sidecar"
 _MAX_CACHED_METHODS = 4096
 
 
+@dataclass(frozen=True, slots=True)
+class SpanShape:
+    """A span's name and attributes for one method (and destination), built once."""
+
+    name: str
+    attributes: Mapping[str, Any]
+
+
 class CallTracer:
     """Starts spans for one direction of one agent's sidecar."""
 
@@ -34,28 +44,37 @@ class CallTracer:
         if kind == SpanKind.SERVER:
             self._base |= {"gen_ai.agent.name": agent, "gen_ai.agent.version": version}
         self._source = agent
-        self._by_method: dict[str, dict[str, Any]] = {}
+        self._shapes: dict[tuple[str, str | None], SpanShape] = {}
 
     def attributes(self, path: str, destination: str | None = None) -> dict[str, Any]:
-        key = f"{destination}|{path}" if destination else path
-        cached = self._by_method.get(key)
-        if cached is None:
-            service, _, method = path.lstrip("/").partition("/")
-            cached = {**self._base, "rpc.service": service, "rpc.method": method}
+        """The span attributes of a call to `path` (at `destination`, for CLIENT spans)."""
+        return dict(self.shape(path, destination).attributes)
+
+    def shape(self, path: str, destination: str | None = None) -> SpanShape:
+        """Name and attributes of the span of a call to `path`; cached per (path, destination)."""
+        key = (path, destination)
+        shape = self._shapes.get(key)
+        if shape is None:
+            name = path.lstrip("/")
+            service, _, method = name.partition("/")
+            attributes = {**self._base, "rpc.service": service, "rpc.method": method}
             if destination is not None:
-                cached |= {"gen_ai.agent.name": destination, "agentmesh.source_agent": self._source}
-            if len(self._by_method) < _MAX_CACHED_METHODS:
-                self._by_method[key] = cached
-        return cached
+                attributes |= {"gen_ai.agent.name": destination, "agentmesh.source_agent": self._source}
+            shape = SpanShape(name, MappingProxyType(attributes))
+            if len(self._shapes) < _MAX_CACHED_METHODS:
+                self._shapes[key] = shape
+        return shape
 
     def start(
         self, path: str, carrier: Mapping[str, str], *, destination: str | None = None
     ) -> tuple[trace.Span, Context]:
         """Starts a span whose parent is the trace context in `carrier`; returns it and its context."""
+        return self.start_shape(self.shape(path, destination), carrier)
+
+    def start_shape(self, shape: SpanShape, carrier: Mapping[str, str]) -> tuple[trace.Span, Context]:
+        """`start` for a shape resolved beforehand (the inbound chain keeps one per contract method)."""
         parent = extract(carrier)
-        span = self._tracer.start_span(
-            path.lstrip("/"), context=parent, kind=self._kind, attributes=self.attributes(path, destination)
-        )
+        span = self._tracer.start_span(shape.name, context=parent, kind=self._kind, attributes=shape.attributes)
         return span, trace.set_span_in_context(span, parent)
 
 

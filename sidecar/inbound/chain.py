@@ -3,8 +3,11 @@
     tracing → admission (draining, agent down) → authentication → access (RBAC)
     → contract(in) → upstream adapter → contract(out) → usage → metrics and access log
 
-Built once per configuration by `InboundChain`; per-method stats children are
-resolved at build time, so a call only looks its method up. Steps raise
+Built once per configuration by `InboundChain`, with one `_MethodRoute` per
+contract method holding what never changes between its calls: the span name
+and attributes, the usage reader, the access line's constant part and the
+metric children per caller (bound on a caller's first call). A call looks its
+method up once and formats only what is its own. Steps raise
 domain errors (sidecar.errors); the listener maps them to a status.
 
 The caller is who its certificate says (`InboundChain.peer_of`, read once per
@@ -26,14 +29,14 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
-from agentmesh.telemetry.logs import log_access
+from agentmesh.telemetry.logs import AccessRoute
 from agentmesh.telemetry.tracing import inject, trace_ids
 from sidecar.config.bootstrap import Bootstrap
 from sidecar.contract import ContractSet, MessageChecker, MethodContract
@@ -79,6 +82,32 @@ class Admission:
             raise UpstreamUnavailable(f"agent is not healthy: {self.reason}")
 
 
+# Callers' source agents remembered per method; the mesh's agents are few, "unknown" is one more.
+MAX_SOURCES_PER_METHOD = 256
+# Access-log fields every inbound line has after the core ones, in order.
+_ACCESS_FIELDS = ("policy", "caller")
+
+
+class _MethodRoute:
+    """What the chain needs of one contract method, resolved when the chain is built, never per call."""
+
+    __slots__ = ("access_log", "method", "span", "stats", "usage")
+
+    def __init__(self, chain: InboundChain, method: MethodContract) -> None:
+        self.method = method
+        self.span = chain._tracer.shape(method.path)
+        self.usage = UsageReader.for_type(method.output)
+        self.access_log = AccessRoute(
+            direction="inbound",
+            destination=chain._agent.name,
+            version=chain._agent.version,
+            method=method.path,
+            fields=_ACCESS_FIELDS,
+        )
+        # Metric children by caller (the source_agent label).
+        self.stats: dict[str, RouteStats] = {}
+
+
 class InboundChain:
     """Runs inbound calls through the steps above for one agent."""
 
@@ -109,42 +138,59 @@ class InboundChain:
         # Reads callers' certificates; the sidecar sets its trust domain once it has an identity.
         self.peers = peers if peers is not None else PeerReader()
         self._tracer = CallTracer(agent=self._agent.name, version=self._agent.version, kind=SpanKind.SERVER)
-        self._usage = {
-            path: reader for path, m in contract.methods.items() if (reader := UsageReader.for_type(m.output))
-        }
+        self._routes = {path: _MethodRoute(self, m) for path, m in contract.methods.items()}
 
     def route_stats(self, method: MethodContract, source_agent: str) -> RouteStats:
-        return self._stats.route(
-            direction="inbound",
-            source_agent=source_agent,
-            destination_agent=self._agent.name,
-            destination_version=self._agent.version,
-            rpc_method=method.path,
-        )
+        return self._source_stats(self._route(method), source_agent)
+
+    def _route(self, method: MethodContract) -> _MethodRoute:
+        route = self._routes.get(method.path)
+        if route is None or route.method is not method:
+            # Not from this chain's contract (a caller built its own MethodContract): resolved for this call only.
+            route = _MethodRoute(self, method)
+        return route
+
+    def _source_stats(self, route: _MethodRoute, source_agent: str) -> RouteStats:
+        stats = route.stats.get(source_agent)
+        if stats is None:
+            stats, stable = self._stats.resolve_route(
+                direction="inbound",
+                source_agent=source_agent,
+                destination_agent=self._agent.name,
+                destination_version=self._agent.version,
+                rpc_method=route.method.path,
+            )
+            if stable and len(route.stats) < MAX_SOURCES_PER_METHOD:
+                route.stats[source_agent] = stats
+        return stats
 
     def peer_of(self, context: AuthContextHolder) -> Peer:
         """The caller of a call, from its TLS peer certificate (the listener calls this once per call)."""
         return self.peers.read(context)
 
     async def unary(self, call: InboundCall) -> Reply:
-        with self._observed(call):
+        route = self._route(call.method)
+        with self._observed(call, route):
             reply = self._contract_out(call.method, await self._upstream.unary(self._admit(call)))
-            self._count_usage(call, reply)
+            if route.usage is not None:
+                self._count_usage(call, route.usage, reply)
             return reply
 
     async def stream(self, call: InboundCall) -> AsyncIterator[Reply]:
-        with self._observed(call):
+        route = self._route(call.method)
+        with self._observed(call, route):
             async with contextlib.aclosing(self._upstream.stream(self._admit(call))) as payloads:
                 async for payload in payloads:
                     reply = self._contract_out(call.method, payload)
-                    self._count_usage(call, reply)
+                    if route.usage is not None:
+                        self._count_usage(call, route.usage, reply)
                     yield reply
 
     @contextlib.contextmanager
-    def _observed(self, call: InboundCall) -> Iterator[None]:
+    def _observed(self, call: InboundCall, route: _MethodRoute) -> Iterator[None]:
         """Metrics, SERVER span and access log around one call, whatever its outcome."""
-        stats = self.route_stats(call.method, call.source_agent)
-        span, call.trace_context = self._tracer.start(call.method.path, call.metadata)
+        stats = self._source_stats(route, call.source_agent)
+        span, call.trace_context = self._tracer.start_shape(route.span, call.metadata)
         if not call.peer.tls:
             self._stats.inbound_plaintext()
         stats.start()
@@ -166,28 +212,20 @@ class InboundChain:
             end_span(span, code, error)
             stats.finish(code, elapsed, trace_id=trace_id or None)
             if self._access_log:
+                source = call.source_agent
                 claimed = call.metadata.get(SOURCE_AGENT_HEADER)
-                extra: dict[str, Any] = (
-                    {"claimed_source": claimed} if claimed is not None and claimed != call.source_agent else {}
-                )
-                log_access(
-                    direction="inbound",
-                    source=call.source_agent,
-                    destination=self._agent.name,
-                    version=self._agent.version,
-                    method=call.method.path,
-                    code=code,
-                    duration_ms=round(elapsed * 1000, 3),
+                route.access_log.log(
+                    source,
+                    code,
+                    round(elapsed * 1000, 3),
                     trace_id=trace_id,
                     span_id=span_id,
-                    policy=call.denied_by or "",
-                    caller=call.peer.identity,
-                    **extra,
+                    values=(call.denied_by or "", call.peer.identity),
+                    extra={"claimed_source": claimed} if claimed is not None and claimed != source else None,
                 )
 
-    def _count_usage(self, call: InboundCall, reply: Reply) -> None:
-        reader = self._usage.get(call.method.path)
-        usage = reader.read(reply.message) if reader is not None else None
+    def _count_usage(self, call: InboundCall, reader: UsageReader, reply: Reply) -> None:
+        usage = reader.read(reply.message)
         if usage is not None:
             self._stats.record_tokens(usage.model, usage.input_tokens, usage.output_tokens)
             record_usage(trace.get_current_span(call.trace_context), usage)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from agentmesh.telemetry.logs import log_access
+from agentmesh.telemetry.logs import AccessRoute
 from sidecar.config.snapshot import MeshSnapshot, RetryPolicy
 from sidecar.contract import MethodContract
 from sidecar.errors import MeshError, NoRoute, UpstreamTimeout, UpstreamUnavailable
@@ -38,6 +38,8 @@ from sidecar.stats import RouteStats, SidecarStats
 log = logging.getLogger("agentmesh.sidecar.outbound")
 
 TARGET_HEADER = "x-agentmesh-target"
+# Access-log shapes (destination, version, method) kept; destinations and methods may come from callers.
+MAX_ACCESS_ROUTES = 1024
 
 
 @dataclass
@@ -88,6 +90,7 @@ class Egress:
         self._stats = stats
         self._agent = agent
         self._rand = rand
+        self._access_routes: dict[tuple[str, str, str], AccessRoute] = {}
 
     @contextlib.contextmanager
     def observed(self, path: str, headers: Mapping[str, str]) -> Iterator[OutboundRecord]:
@@ -110,17 +113,24 @@ class Egress:
             assert record.stats is not None
             trace_id = _trace_id(headers.get("traceparent", ""))
             record.stats.finish(record.code, elapsed, trace_id=trace_id or None)
-            log_access(
-                direction="outbound",
-                source=self._agent,
-                destination=record.destination,
-                version=record.version,
-                method=path,
-                code=record.code,
-                duration_ms=round(elapsed * 1000, 3),
+            self._access_route(record.destination, record.version, path).log(
+                self._agent,
+                record.code,
+                round(elapsed * 1000, 3),
                 attempt=max(record.attempts, 1),
                 trace_id=trace_id,
             )
+
+    def _access_route(self, destination: str, version: str, path: str) -> AccessRoute:
+        """The access line's constant part for one destination and method, formatted on first use."""
+        key = (destination, version, path)
+        route = self._access_routes.get(key)
+        if route is None:
+            route = AccessRoute(direction="outbound", destination=destination, version=version, method=path)
+            if len(self._access_routes) >= MAX_ACCESS_ROUTES:
+                self._access_routes.clear()  # callers made up many names: start over rather than grow
+            self._access_routes[key] = route
+        return route
 
     async def plan(self, record: OutboundRecord, headers: Mapping[str, str]) -> Plan:
         """Resolves route, cluster and first endpoint; the method contract comes from that endpoint."""

@@ -80,8 +80,8 @@ class Forwarder:
     async def unary(
         self, target: Target, path: str, request: bytes, *, metadata: Mapping[str, str], timeout: float | None
     ) -> bytes:
-        with self._directory.lease(target) as channel:
-            call = channel.unary_unary(path, request_serializer=None, response_deserializer=None)
+        with self._directory.lease_pooled(target) as channel:
+            call = channel.unary(path)
             with self._attempt(target, path, metadata) as context:
                 response: bytes = await call(request, metadata=self._outgoing(context), timeout=timeout)
         return response
@@ -89,8 +89,8 @@ class Forwarder:
     async def stream(
         self, target: Target, path: str, request: bytes, *, metadata: Mapping[str, str], timeout: float | None
     ) -> AsyncGenerator[bytes, None]:
-        with self._directory.lease(target) as channel:
-            call = channel.unary_stream(path, request_serializer=None, response_deserializer=None)
+        with self._directory.lease_pooled(target) as channel:
+            call = channel.stream(path)
             with self._attempt(target, path, metadata) as context:
                 responses = call(request, metadata=self._outgoing(context), timeout=timeout)
                 try:

@@ -29,8 +29,7 @@ _EXACT, _SUFFIX, _PREFIX, _DEFAULT, _NONE = 3, 2, 1, 0, -1
 
 
 def _domain_match(domain: str, host: str) -> tuple[int, int]:
-    """(kind, length) of how `domain` matches `host`; kind _NONE when it does not."""
-    domain = domain.lower()
+    """(kind, length) of how `domain` (lower-cased) matches `host`; kind _NONE when it does not."""
     if domain == "*":
         return _DEFAULT, 0
     if domain.startswith("*"):
@@ -49,15 +48,15 @@ def _domain_match(domain: str, host: str) -> tuple[int, int]:
 def select_virtual_host(table: RouteTable, authority: str) -> VirtualHost | None:
     """The virtual host of `table` serving `authority`, or None."""
     host = authority.lower()
+    found = table.exact.get(host)
+    if found is not None:
+        return found
     best: VirtualHost | None = None
     best_rank = (_NONE, 0)
-    for virtual_host in table.virtual_hosts:
-        for domain in virtual_host.domains:
-            rank = _domain_match(domain, host)
-            if rank[0] == _EXACT:
-                return virtual_host
-            if rank > best_rank:
-                best, best_rank = virtual_host, rank
+    for domain, virtual_host in table.wildcards:
+        rank = _domain_match(domain, host)
+        if rank > best_rank:
+            best, best_rank = virtual_host, rank
     return best
 
 

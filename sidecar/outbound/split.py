@@ -32,10 +32,10 @@ def pick_cluster(action: RouteAction, headers: Mapping[str, str], *, rand: Calla
     clusters = action.clusters
     if len(clusters) == 1:
         return clusters[0].name
-    total = sum(c.weight for c in clusters)
+    total = action.total_weight
     if total <= 0:
         raise NoRoute(f"no cluster of {', '.join(c.name for c in clusters) or 'the route'} has a weight")
-    value = headers.get(action.hash_header.lower()) if action.hash_header is not None else None
+    value = headers.get(action.hash_key) if action.hash_key is not None else None
     selected = stable_hash(value) % total if value is not None else min(int(rand() * total), total - 1)
     running = 0
     for cluster in clusters:

@@ -23,7 +23,7 @@ import itertools
 import logging
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 
@@ -62,6 +62,10 @@ class Target:
         return self.manifest.version
 
     def method(self, path: str) -> MethodContract:
+        # The contract holds only the methods of the services it implements: a hit needs no more checks.
+        found = self.contract.methods.get(path)
+        if found is not None:
+            return found
         service = path.lstrip("/").partition("/")[0]
         if service not in self.contract.services:
             raise UnknownMethod(
@@ -81,12 +85,35 @@ class _Ambiguous:
 _ChannelKey = tuple[str, SpiffeId | None, int]
 
 
+# Call objects kept per channel, by method path; paths come from the agent, so bound it.
+MAX_CALLABLES_PER_CHANNEL = 1024
+
+
 @dataclass(eq=False)
-class _PooledChannel:
+class PooledChannel:
     key: _ChannelKey
     channel: grpc.aio.Channel
     in_flight: int = 0
     retired: bool = False
+    # Raw-bytes multicallables by method path, made on a path's first call rather than on every call.
+    unary_calls: dict[str, grpc.aio.UnaryUnaryMultiCallable] = field(default_factory=dict)
+    stream_calls: dict[str, grpc.aio.UnaryStreamMultiCallable] = field(default_factory=dict)
+
+    def unary(self, path: str) -> grpc.aio.UnaryUnaryMultiCallable:
+        call = self.unary_calls.get(path)
+        if call is None:
+            call = self.channel.unary_unary(path, request_serializer=None, response_deserializer=None)
+            if len(self.unary_calls) < MAX_CALLABLES_PER_CHANNEL:
+                self.unary_calls[path] = call
+        return call
+
+    def stream(self, path: str) -> grpc.aio.UnaryStreamMultiCallable:
+        call = self.stream_calls.get(path)
+        if call is None:
+            call = self.channel.unary_stream(path, request_serializer=None, response_deserializer=None)
+            if len(self.stream_calls) < MAX_CALLABLES_PER_CHANNEL:
+                self.stream_calls[path] = call
+        return call
 
 
 class ChannelPool:
@@ -95,9 +122,9 @@ class ChannelPool:
     def __init__(self, *, options: list[tuple[str, object]], identity: SidecarIdentity | None) -> None:
         self._options = options
         self._identity = identity
-        self._channels: dict[_ChannelKey, _PooledChannel] = {}
+        self._channels: dict[_ChannelKey, PooledChannel] = {}
         # Retired by a rotation, still carrying calls; each closes after its last call.
-        self._retiring: set[_PooledChannel] = set()
+        self._retiring: set[PooledChannel] = set()
         self._closing: set[asyncio.Task[None]] = set()
         self._warned_plaintext: set[str] = set()
         if identity is not None:
@@ -106,22 +133,28 @@ class ChannelPool:
     @contextlib.contextmanager
     def lease(self, address: str, expected: SpiffeId | None) -> Iterator[grpc.aio.Channel]:
         """The channel for one call, held until the call ends (a retired channel closes after its last call)."""
+        with self.lease_pooled(address, expected) as entry:
+            yield entry.channel
+
+    @contextlib.contextmanager
+    def lease_pooled(self, address: str, expected: SpiffeId | None) -> Iterator[PooledChannel]:
+        """`lease`, yielding the pooled entry, whose call objects are made once per method path."""
         entry = self._entry(address, expected)
         entry.in_flight += 1
         try:
-            yield entry.channel
+            yield entry
         finally:
             entry.in_flight -= 1
             if entry.retired and entry.in_flight == 0:
                 self._retiring.discard(entry)
                 self._close(entry)
 
-    def _entry(self, address: str, expected: SpiffeId | None) -> _PooledChannel:
+    def _entry(self, address: str, expected: SpiffeId | None) -> PooledChannel:
         material = self._material(address, expected)
         key: _ChannelKey = (address, expected, material.generation) if material is not None else (address, None, 0)
         entry = self._channels.get(key)
         if entry is None:
-            entry = _PooledChannel(key, self._open(address, expected, material))
+            entry = PooledChannel(key, self._open(address, expected, material))
             self._channels[key] = entry
         return entry
 
@@ -167,7 +200,7 @@ class ChannelPool:
                 else:
                     self._retiring.add(entry)
 
-    def _close(self, entry: _PooledChannel) -> None:
+    def _close(self, entry: PooledChannel) -> None:
         task = asyncio.ensure_future(entry.channel.close(grace=None))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
@@ -246,6 +279,10 @@ class TargetDirectory:
     def lease(self, target: Target) -> contextlib.AbstractContextManager[grpc.aio.Channel]:
         """The channel for one call to `target`, held for the call's whole life."""
         return self.channels.lease(target.address, target.identity)
+
+    def lease_pooled(self, target: Target) -> contextlib.AbstractContextManager[PooledChannel]:
+        """`lease`, yielding the pooled channel with its per-path call objects (the forwarder's path)."""
+        return self.channels.lease_pooled(target.address, target.identity)
 
     async def close(self) -> None:
         await self.channels.close()

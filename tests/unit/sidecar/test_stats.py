@@ -205,6 +205,15 @@ def test_small_limit_folds_into_other() -> None:
     assert stats.route(**route_labels(rpc_method="/p.S/M1")) is routes[1]
 
 
+def test_resolve_route_says_when_a_route_may_be_kept() -> None:
+    stats = SidecarStats(agent="writer", version="v1", team="content", max_label_values=1)
+    kept, stable = stats.resolve_route(**route_labels())
+    assert stable and kept is stats.route(**route_labels())
+    assert stats.resolve_route(**route_labels()) == (kept, True)
+    folded, stable = stats.resolve_route(**route_labels(source_agent="editor"))
+    assert not stable and folded.labels["source_agent"] == OTHER
+
+
 def test_empty_label_values_read_unknown(stats: SidecarStats) -> None:
     route = stats.route(**route_labels(source_agent=""))
 

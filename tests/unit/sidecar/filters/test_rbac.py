@@ -427,3 +427,52 @@ def test_configs_are_frozen_and_comparable() -> None:
     assert first == config(principals=[agent_is("planner")])
     with pytest.raises(AttributeError):
         first.action = "DENY"  # type: ignore[misc]
+
+
+# Decisions remembered per (path, peer) when no rule reads headers
+
+
+def test_a_filter_without_header_rules_remembers_each_path_and_peer_decision() -> None:
+    only_planner = config(
+        permissions=[path_is(exact=SEARCH_PATH)],
+        principals=[Principal(authenticated=Principal.Authenticated(principal_name=SM(exact=PLANNER)))],
+    )
+    assert not only_planner.reads_headers
+    access = RbacFilter.build([only_planner])
+    assert access is not None
+    for _ in range(3):
+        assert access.check(SEARCH_PATH, {}, PLANNER) == Decision(True, "p")
+        with pytest.raises(AccessDenied, match="policy default-deny"):
+            access.check(SEARCH_PATH, {}, WRITER)
+        with pytest.raises(AccessDenied, match=f"{WRITER} may not call {HEALTH_PATH}"):
+            access.check(HEALTH_PATH, {}, WRITER)
+        with pytest.raises(AccessDenied, match="an unauthenticated caller"):
+            access.check(SEARCH_PATH, {}, None)
+
+
+def test_a_filter_with_header_rules_decides_every_call_afresh() -> None:
+    deny_writer_claims = config(rbac_config.RBAC.DENY, principals=[agent_is("writer")])
+    assert deny_writer_claims.reads_headers
+    access = RbacFilter.build([deny_writer_claims])
+    assert access is not None
+    assert access.check(SEARCH_PATH, {AGENT: "planner"}, PLANNER).allowed
+    with pytest.raises(AccessDenied, match="policy p"):
+        access.check(SEARCH_PATH, {AGENT: "writer"}, PLANNER)  # same path and peer, other headers
+
+
+def test_path_header_rules_read_no_headers() -> None:
+    by_path_header = config(permissions=[Permission(header=rc.HeaderMatcher(name=":path", prefix_match="/x."))])
+    by_nested_header = config(principals=[Principal(not_id=Principal(or_ids=Principal.Set(ids=[agent_is("a")])))])
+    assert not by_path_header.reads_headers
+    assert by_nested_header.reads_headers
+
+
+def test_remembered_decisions_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sidecar.filters import rbac
+
+    monkeypatch.setattr(rbac, "MAX_REMEMBERED_DECISIONS", 4)
+    access = RbacFilter.build([config(permissions=[path_is(prefix="/")])])
+    assert access is not None
+    for i in range(20):
+        assert access.check(f"/p.S/M{i}", {}, None).allowed
+    assert len(access._memo or {}) <= 4

@@ -227,3 +227,28 @@ async def test_agent_errors_keep_their_code(tmp_path: Path) -> None:
         await chain.unary(call(contract, "/shop.v1.Shop/GetItem", {"id": "ab"}))
     assert sample(stats, "agentmesh_requests_total", grpc_code="RESOURCE_EXHAUSTED") == 1
     assert sample(stats, "agentmesh_requests_in_flight") == 0
+
+
+async def test_callers_beyond_the_label_limit_count_their_overflow_on_every_call(tmp_path: Path) -> None:
+    from agentmesh.protoc import compile_descriptor_set
+
+    contract = ContractSet.compile(compile_descriptor_set([SHOP_PROTO]))
+    stats = SidecarStats(agent="shop", version="v3", team="retail", max_label_values=1)
+    adapter = FakeAdapter(Payload(b'{"id": "a1", "price": 3.5}', "json"))
+    chain = InboundChain(
+        bootstrap=bootstrap(tmp_path),
+        contract=contract,
+        checker=MessageChecker(),
+        upstream=adapter,
+        stats=stats,
+        admission=Admission(agent_healthy=True),
+    )
+    writer = Peer.authenticated(SpiffeId("agentmesh.local", "writing", "writer"))
+    for peer in (PLANNER, writer, writer, PLANNER, writer):
+        request = call(contract, "/shop.v1.Shop/GetItem", {"id": "a1"})
+        request.peer = peer
+        await chain.unary(request)
+
+    assert sample(stats, "agentmesh_requests_total", source_agent="planner") == 2
+    assert sample(stats, "agentmesh_requests_total", source_agent="other") == 3
+    assert sample(stats, "agentmesh_label_overflow_total", label="source_agent") == 3

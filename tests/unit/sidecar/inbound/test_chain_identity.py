@@ -7,8 +7,12 @@ never label a metric; a claim that differs from the proof is logged as
 
 from __future__ import annotations
 
+import io
+import json
+import logging
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import grpc
 import pytest
@@ -17,13 +21,13 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from agentmesh.identity.spiffe import SpiffeId
 from agentmesh.protoc import compile_descriptor_set
+from agentmesh.telemetry.logs import ACCESS_LOGGER, configure_logging, flush_access_log
 from control_plane.policy.model import AccessPolicy
 from control_plane.translate.rbac import AgentAccess, rbac_filters
 from sidecar.contract import ContractSet, MessageChecker
 from sidecar.errors import AccessDenied, Unauthenticated
 from sidecar.filters.authn import PLAINTEXT, Peer, PeerReader
 from sidecar.filters.rbac import RbacConfig, RbacFilter
-from sidecar.inbound import chain as chain_module
 from sidecar.inbound.call import InboundCall
 from sidecar.inbound.chain import AUTHENTICATION_POLICY, Admission, InboundChain
 from sidecar.stats import SidecarStats
@@ -80,18 +84,42 @@ class Shop:
         return await self.chain.unary(call)
 
 
-class AccessLines(list[dict[str, Any]]):
-    """What the chain hands to log_access, one dict per line."""
+class AccessLines(Sequence[dict[str, Any]]):
+    """The access lines the chain wrote, parsed (the JSON log configured to a string stream)."""
 
-    def __call__(self, **fields: Any) -> None:
-        self.append(fields)
+    def __init__(self, stream: io.StringIO) -> None:
+        self._stream = stream
+
+    def _lines(self) -> list[dict[str, Any]]:
+        flush_access_log()
+        entries = [json.loads(line) for line in self._stream.getvalue().splitlines()]
+        return [entry for entry in entries if entry.get("logger") == ACCESS_LOGGER]
+
+    @overload
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[dict[str, Any]]: ...
+    def __getitem__(self, index: int | slice) -> dict[str, Any] | Sequence[dict[str, Any]]:
+        return self._lines()[index]
+
+    def __len__(self) -> int:
+        return len(self._lines())
 
 
 @pytest.fixture
-def access_log(monkeypatch: pytest.MonkeyPatch) -> AccessLines:
-    recorded = AccessLines()
-    monkeypatch.setattr(chain_module, "log_access", recorded)
-    return recorded
+def access_log() -> Iterator[AccessLines]:
+    root = logging.getLogger()
+    access = logging.getLogger(ACCESS_LOGGER)
+    saved = (list(root.handlers), root.level, access.level, access.disabled)
+    stream = io.StringIO()
+    configure_logging("info", component="sidecar", agent="shop", stream=stream)
+    yield AccessLines(stream)
+    for handler in [h for h in root.handlers if h not in saved[0]]:
+        root.removeHandler(handler)
+        handler.close()
+    root.setLevel(saved[1])
+    access.setLevel(saved[2])
+    access.disabled = saved[3]
 
 
 async def test_the_certificate_identity_is_the_principal_and_the_source(

@@ -107,3 +107,24 @@ def test_first_virtual_host_wins_among_equal_matches() -> None:
     table = RouteTable("t", (host("first", "*"), host("second", "*")))
     selected = select_virtual_host(table, "anything")
     assert selected is not None and selected.name == "first"
+
+
+def test_domains_match_whatever_their_case() -> None:
+    table = RouteTable(
+        "t", (host("wild", "*.Example.COM"), host("exact", "Researcher"), host("prefix", "Writer:*"), host("any", "*"))
+    )
+    for authority, expected in [
+        ("researcher", "exact"),
+        ("RESEARCHER", "exact"),
+        ("api.example.com", "wild"),
+        ("writer:15001", "prefix"),
+        ("other", "any"),
+    ]:
+        selected = select_virtual_host(table, authority)
+        assert selected is not None and selected.name == expected, authority
+
+
+def test_an_exact_domain_of_a_later_host_beats_an_earlier_wildcard() -> None:
+    table = RouteTable("t", (host("first", "research*"), host("second", "researcher"), host("third", "researcher")))
+    selected = select_virtual_host(table, "researcher")
+    assert selected is not None and selected.name == "second"

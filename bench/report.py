@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 TARGET_RATE = 1000.0
@@ -38,13 +38,25 @@ class TargetResult:
     measured: str
     limit: str
     passed: bool | None  # None: not measured in this run
+    # The same measurement of the bare grpc.aio proxy (bench/floor.py) in this run, where it applies.
+    floor: str = "—"
 
     @property
     def verdict(self) -> str:
         return "n/a" if self.passed is None else ("PASS" if self.passed else "FAIL")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "measured": self.measured, "limit": self.limit, "verdict": self.verdict}
+        return {
+            "name": self.name,
+            "measured": self.measured,
+            "floor": self.floor,
+            "limit": self.limit,
+            "verdict": self.verdict,
+        }
+
+    def beside(self, floor: TargetResult) -> TargetResult:
+        """This target with the floor's measurement of it, when the floor was measured."""
+        return self if floor.passed is None else replace(self, floor=f"{floor.measured} ({floor.verdict})")
 
 
 @dataclass(frozen=True)
@@ -213,7 +225,8 @@ def evaluate_targets(results: Mapping[str, Any]) -> list[TargetResult]:
     hop = results.get("hop") or {}
     paths = hop.get("paths") or {}
     rate = _rate_key(hop.get("rates") or [])
-    plain = _hop_targets(paths, rate, "sidecar", "sidecar", "")
+    floor = _hop_targets(paths, rate, "floor", "floor", "")
+    plain = [t.beside(f) for t, f in zip(_hop_targets(paths, rate, "sidecar", "sidecar", ""), floor, strict=True)]
     targets = plain[:2]
     proxyless = _get(hop, "proxyless", "paths") or {}
     sources = [("h2load; sidecar inbound, where xds:///echo resolves", paths, "sidecar")]
@@ -221,32 +234,28 @@ def evaluate_targets(results: Mapping[str, Any]) -> list[TargetResult]:
         sources.append(("xds:/// Python client", proxyless, "proxyless"))
     for source, compared, candidate in sources:
         for pct in ("p50_ms", "p99_ms"):
+            name = f"proxyless vs two Envoys at {rate} req/s: added {pct[:3]} ({source})"
+            two_envoys = _added(compared, "envoy2", rate, pct)
+            target = _ratio_target(name, _added(compared, candidate, rate, pct), two_envoys, 1.0, "two Envoys'")
             targets.append(
-                _ratio_target(
-                    f"proxyless vs two Envoys at {rate} req/s: added {pct[:3]} ({source})",
-                    _added(compared, candidate, rate, pct),
-                    _added(compared, "envoy2", rate, pct),
-                    1.0,
-                    "two Envoys'",
-                )
+                target.beside(_ratio_target(name, _added(compared, "floor", rate, pct), two_envoys, 1.0, ""))
             )
     targets += plain[2:]
     targets += _hop_targets(mtls_paths(hop), rate, MTLS_PATH, "sidecar (mTLS)", f" {PYTHON_MARK}")
-    targets.append(
-        _limit_target(
-            "idle sidecar RSS", _get(results, "idle", "processes", "sidecar", "rss_mb"), IDLE_SIDECAR_MB, "MB"
-        )
-    )
+    idle = [
+        _limit_target("idle sidecar RSS", _get(results, "idle", "processes", name, "rss_mb"), IDLE_SIDECAR_MB, "MB")
+        for name in ("sidecar", "floor")
+    ]
+    targets.append(idle[0].beside(idle[1]))
     streams = _get(results, "streaming", "open_streams") or {}
     count = streams.get("streams")
     label = f"{fmt(count) if count else '?'} open streams"
     if count and count != FULL_STREAMS:
         label += f" (full run: {FULL_STREAMS:,})"
-    targets.append(_limit_target(f"{label}: sidecar peak RSS", streams.get("rss_peak_mb"), STREAMS_RSS_MB, "MB"))
-    errors = streams.get("errors")
-    if errors is not None and streams.get("opened") is not None:
-        errors = int(errors) + max(0, int(count or 0) - int(streams["opened"]) - int(errors))
-    targets.append(_limit_target(f"{label}: errors", None if errors is None else float(errors), 0, "errors"))
+    sidecar, floor_streams = (
+        _stream_targets(label, _get(results, "streaming", key) or {}) for key in ("open_streams", "open_streams_floor")
+    )
+    targets += [t.beside(f) for t, f in zip(sidecar, floor_streams, strict=True)]
     targets += _control_plane_targets(results.get("control_plane") or {})
     targets.append(
         _limit_target(
@@ -257,6 +266,18 @@ def evaluate_targets(results: Mapping[str, Any]) -> list[TargetResult]:
         )
     )
     return targets
+
+
+def _stream_targets(label: str, streams: Mapping[str, Any]) -> list[TargetResult]:
+    """Peak RSS and errors (streams never opened count as errors) of one open-streams run."""
+    count = streams.get("streams")
+    errors = streams.get("errors")
+    if errors is not None and streams.get("opened") is not None:
+        errors = int(errors) + max(0, int(count or 0) - int(streams["opened"]) - int(errors))
+    return [
+        _limit_target(f"{label}: sidecar peak RSS", streams.get("rss_peak_mb"), STREAMS_RSS_MB, "MB"),
+        _limit_target(f"{label}: errors", None if errors is None else float(errors), 0, "errors"),
+    ]
 
 
 def _control_plane_targets(cp: Mapping[str, Any]) -> list[TargetResult]:
@@ -519,29 +540,55 @@ def streaming_tables(streaming: Mapping[str, Any]) -> list[Table]:
                 [f"{fmt(ttfm.get('calls'))} sequential calls, Python gRPC client."],
             )
         )
-    streams = streaming.get("open_streams") or {}
-    if streams:
-        if "error" in streams:
-            rows = [["error", streams["error"][:100]]]
-        else:
-            rows = [
-                ["streams", fmt(streams.get("streams"))],
-                ["opened / completed", f"{fmt(streams.get('opened'))} / {fmt(streams.get('completed'))}"],
-                ["errors", f"{fmt(streams.get('errors'))} {streams.get('error_detail') or ''}".strip()],
-                ["time to open all (s)", fmt(streams.get("open_s"))],
+    runs = {name: streaming[key] for key, name in STREAM_PROXIES.items() if streaming.get(key)}
+    if runs:
+        tables.append(
+            Table(
+                "3b. Streaming: open server streams through one proxy",
+                ["", *runs],
+                _stream_rows(list(runs.values())),
                 [
-                    "sidecar RSS before / all open / peak (MB)",
-                    " / ".join(fmt(streams.get(k), 0) for k in ("rss_before_mb", "rss_all_open_mb", "rss_peak_mb")),
+                    "per open stream: (RSS with all open - RSS before) / streams.",
+                    "bare grpc.aio proxy: bench/floor.py, one grpc.aio call in and one out per stream, no features.",
                 ],
-                [
-                    "messages/s while all open (offered)",
-                    f"{fmt(streams.get('steady_rate'), 0)} ({fmt(streams.get('offered_rate'), 0)})",
-                ],
-                ["sidecar CPU-s over the run", fmt(streams.get("sidecar_cpu_s"))],
-                ["machine busy cores", fmt(streams.get("machine_busy_cores"))],
-            ]
-        tables.append(Table("3b. Streaming: open server streams through one sidecar", ["", "value"], rows))
+            )
+        )
     return tables
+
+
+# Results keys of the open-streams runs and their column names.
+STREAM_PROXIES = {"open_streams": "sidecar", "open_streams_floor": "bare grpc.aio proxy"}
+
+
+def stream_kb_per_stream(streams: Mapping[str, Any]) -> float | None:
+    """What one open stream added to the proxy's RSS, in KB."""
+    before, all_open, count = (streams.get(k) for k in ("rss_before_mb", "rss_all_open_mb", "opened"))
+    if before is None or all_open is None or not count or math.isnan(all_open):
+        return None
+    return (float(all_open) - float(before)) * 1024 / int(count)
+
+
+def _stream_rows(runs: Sequence[Mapping[str, Any]]) -> list[list[str]]:
+    def row(label: str, cell: Any) -> list[str]:
+        return [label, *(str(streams["error"])[:100] if "error" in streams else cell(streams) for streams in runs)]
+
+    return [
+        row("streams", lambda s: fmt(s.get("streams"))),
+        row("opened / completed", lambda s: f"{fmt(s.get('opened'))} / {fmt(s.get('completed'))}"),
+        row("errors", lambda s: f"{fmt(s.get('errors'))} {s.get('error_detail') or ''}".strip()),
+        row("time to open all (s)", lambda s: fmt(s.get("open_s"))),
+        row(
+            "RSS before / all open / peak (MB)",
+            lambda s: " / ".join(fmt(s.get(k), 0) for k in ("rss_before_mb", "rss_all_open_mb", "rss_peak_mb")),
+        ),
+        row("RSS per open stream (KB)", lambda s: fmt(stream_kb_per_stream(s), 1)),
+        row(
+            "messages/s while all open (offered)",
+            lambda s: f"{fmt(s.get('steady_rate'), 0)} ({fmt(s.get('offered_rate'), 0)})",
+        ),
+        row("proxy CPU-s over the run", lambda s: fmt(s.get("proxy_cpu_s"))),
+        row("machine busy cores", lambda s: fmt(s.get("machine_busy_cores"))),
+    ]
 
 
 def control_plane_table(cp: Mapping[str, Any]) -> Table | None:
@@ -627,8 +674,13 @@ def contract_table(contract: Mapping[str, Any]) -> Table | None:
 
 
 def targets_table(targets: Sequence[TargetResult]) -> Table:
-    rows = [[t.name, t.measured, t.limit, t.verdict] for t in targets]
-    return Table("Targets", ["target", "measured", "limit", "verdict"], rows)
+    rows = [[t.name, t.measured, t.limit, t.verdict, t.floor] for t in targets]
+    notes = [
+        "bare grpc.aio proxy: the same measurement of bench/floor.py in this run (a proxy with no features on the "
+        "sidecar's runtime); where it fails too, the target is below what a grpc.aio data path costs before any "
+        "feature."
+    ]
+    return Table("Targets", ["target", "measured", "limit", "verdict", "bare grpc.aio proxy"], rows, notes)
 
 
 def profile_table(profile: Mapping[str, Any] | None, *, top: int = 15) -> Table | None:

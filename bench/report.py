@@ -683,18 +683,30 @@ def targets_table(targets: Sequence[TargetResult]) -> Table:
     return Table("Targets", ["target", "measured", "limit", "verdict", "bare grpc.aio proxy"], rows, notes)
 
 
-def profile_table(profile: Mapping[str, Any] | None, *, top: int = 15) -> Table | None:
+def profile_tables(profile: Mapping[str, Any] | None, *, top: int = 15) -> list[Table]:
+    """Where the event loop's time goes by request-path step, then self time by function."""
     if not profile:
-        return None
+        return []
     if not profile.get("available"):
-        return Table("Sidecar profile", ["note"], [[str(profile.get("reason", "not taken"))]])
+        return [Table("Sidecar profile", ["note"], [[str(profile.get("reason", "not taken"))]])]
+    found = []
+    stages = profile.get("stages") or []
+    if stages:
+        rows = [[name, f"{share * 100:.1f}%"] for name, share in stages]
+        notes = [
+            f"{fmt(profile.get('loop_samples'))} samples of the event loop's thread (the one serving calls), each "
+            "filed under the innermost step its stack was in; grpc's poller and the log writer threads are not "
+            "counted."
+        ]
+        found.append(Table("Sidecar profile: the event loop by step", ["step", "share"], rows, notes))
     rows = [[name, f"{share * 100:.1f}%"] for name, share in profile.get("self_by_function", [])[:top]]
     files = ", ".join(f"{name} {share * 100:.0f}%" for name, share in profile.get("self_by_file", [])[:8])
     notes = [
-        f"py-spy, {fmt(profile.get('samples'))} samples at {profile.get('rate_hz')} Hz during a saturation run; "
-        f"by file: {files}."
+        f"py-spy, {fmt(profile.get('samples'))} samples at {profile.get('rate_hz')} Hz during a saturation run, "
+        f"all threads (waits in grpc's poller count as samples); by file: {files}."
     ]
-    return Table("Sidecar profile (self time, top functions)", ["function", "self"], rows, notes)
+    found.append(Table("Sidecar profile (self time, top functions)", ["function", "self"], rows, notes))
+    return found
 
 
 def tables(results: Mapping[str, Any], targets: Sequence[TargetResult]) -> list[Table]:
@@ -709,7 +721,7 @@ def tables(results: Mapping[str, Any], targets: Sequence[TargetResult]) -> list[
         control_plane_table(results.get("control_plane") or {}),
         *idle_tables(results.get("idle") or {}),
         contract_table(results.get("contract") or {}),
-        profile_table(_get(results, "hop", "profile")),
+        *profile_tables(_get(results, "hop", "profile")),
         targets_table(targets),
     ]
     return [t for t in found if t is not None]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.profile import frame_name, summarise
+from bench.profile import frame_name, stage_of, summarise
 
 SITE = "/work/.venv/lib/python3.11/site-packages"
 STACKS = [
@@ -43,3 +43,39 @@ def test_summarise_self_inclusive_and_files():
 def test_summarise_nothing():
     assert summarise([]).samples == 0
     assert summarise(["garbage\n"]).to_dict()["self_by_function"] == []
+
+
+LOOP = "_run_module_as_main (<frozen runpy>:198);run (asyncio/runners.py:190);Handle._run (asyncio/events.py:80)"
+CHAIN = "unary (sidecar/inbound/chain.py:130)"
+GRPC = "0x7f (grpc/_cython/cygrpc.cpython-311-x86_64-linux-gnu.so)"
+
+
+def test_stages_file_each_loop_sample_under_its_innermost_step():
+    summary = summarise(
+        [
+            f"{LOOP};{CHAIN};{GRPC};sendmsg (libc.so.6) 40\n",
+            f"{LOOP};{CHAIN};start (sidecar/filters/tracing.py:60);start_span ({SITE}/opentelemetry/sdk/x.py:1) 20\n",
+            f"{LOOP};{CHAIN};parse (sidecar/contract/checker.py:40) 10\n",
+            f"{LOOP};{CHAIN};finish (sidecar/stats.py:110);inc ({SITE}/prometheus_client/values.py:28) 10\n",
+            f"{LOOP};{CHAIN};log (agentmesh/telemetry/logs.py:380) 5\n",
+            f"{LOOP};{CHAIN} 5\n",
+            f"{LOOP};_run_once (asyncio/base_events.py:1922) 10\n",
+            # Other threads (grpc's poller, the log writer) are not the loop: not in the stages.
+            f"Thread._bootstrap (threading.py:1002);{GRPC};epoll_wait (libc.so.6) 300\n",
+        ]
+    )
+    assert summary.loop_samples == 100
+    stages = dict(summary.stages)
+    assert stages["grpc.aio call machinery (Cython, core, syscalls under it)"] == pytest.approx(0.4)
+    assert stages["tracing (OpenTelemetry spans, context)"] == pytest.approx(0.2)
+    assert stages["contract validation (parse, protovalidate)"] == pytest.approx(0.1)
+    assert stages["metrics (prometheus-client)"] == pytest.approx(0.1)
+    assert stages["access log"] == pytest.approx(0.05)
+    assert stages["rest of the sidecar (chain, adapter, listener)"] == pytest.approx(0.05)
+    assert stages["asyncio event loop"] == pytest.approx(0.1)
+    assert summary.to_dict()["loop_samples"] == 100
+
+
+def test_a_loop_sample_in_no_known_file_is_other():
+    assert stage_of(["<frozen runpy>", "libc.so.6"]) == "other"
+    assert summarise([f"{GRPC};epoll_wait (libc.so.6) 5\n"]).stages == []

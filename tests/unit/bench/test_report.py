@@ -335,3 +335,25 @@ def test_a_failed_floor_stream_run_shows_its_error_in_its_column():
     table = next(t for t in report.streaming_tables(data["streaming"]) if t.title.startswith("3b."))
     assert table.rows[0][2].startswith("streams client failed")
     assert report.stream_kb_per_stream(data["streaming"]["open_streams_floor"]) is None
+
+
+def test_profile_tables_show_the_loop_by_step_before_self_time():
+    profile = {
+        "available": True,
+        "rate_hz": 200,
+        "samples": 1000,
+        "loop_samples": 400,
+        "stages": [["grpc.aio call machinery", 0.6], ["tracing", 0.1]],
+        "self_by_function": [["epoll_wait (libc.so.6)", 0.5]],
+        "self_by_file": [["libc.so.6", 0.7]],
+    }
+    stages, functions = report.profile_tables(profile)
+    assert stages.rows == [["grpc.aio call machinery", "60.0%"], ["tracing", "10.0%"]]
+    assert "400 samples" in stages.notes[0]
+    assert functions.rows == [["epoll_wait (libc.so.6)", "50.0%"]]
+
+
+def test_profile_tables_without_py_spy_say_why():
+    (table,) = report.profile_tables({"available": False, "reason": "py-spy is not installed"})
+    assert table.rows == [["py-spy is not installed"]]
+    assert report.profile_tables(None) == []

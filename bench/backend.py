@@ -114,6 +114,15 @@ class Backend:
         return echo, control
 
 
+async def until_signalled() -> None:
+    """Returns on SIGTERM or SIGINT, which is how the suite stops its helper processes."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
 async def serve(host: str, port: int) -> None:
     backend = Backend(Messages())
     server = grpc.aio.server(options=SERVER_OPTIONS)
@@ -127,11 +136,7 @@ async def serve(host: str, port: int) -> None:
     for name in ("", SERVICE):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
     print(f"listening on {host}:{bound}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_signalled()
     await server.stop(1)
 
 

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 from collections.abc import AsyncIterator
 
 import grpc
 
-from bench.backend import SERVER_OPTIONS, TICKS_PATH
+from bench.backend import SERVER_OPTIONS, TICKS_PATH, until_signalled
 
 
 def _same(data: bytes) -> bytes:
@@ -69,11 +68,7 @@ async def serve(host: str, port: int, upstream: str) -> None:
         raise OSError(f"cannot listen on {host}:{port}")
     await server.start()
     print(f"listening on {host}:{bound}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_signalled()
     await server.stop(1)
     await channel.close(None)
 

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
 
 from agentmesh.protoc import compile_descriptor_set
-from bench.backend import PROTO, SERVICE
+from bench.backend import PROTO, SERVICE, until_signalled
 from sidecar.config.bootstrap import AgentIdentity
 from sidecar.config.registration import Registrar
 from sidecar.contract import ContractSet
@@ -50,11 +49,7 @@ async def run(control_plane: str, agents: list[tuple[str, str]]) -> None:
     tasks = [asyncio.ensure_future(r.run()) for r in registrars]
     await asyncio.wait_for(asyncio.gather(*(r.registered.wait() for r in registrars)), REGISTER_TIMEOUT_S)
     print(f"registered {len(registrars)}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_signalled()
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)

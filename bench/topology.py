@@ -194,7 +194,9 @@ def policy_in_force(
 
 
 @dataclass
-class Backend:
+class Listening:
+    """One of the suite's own processes and the address it serves on."""
+
     process: Process
     address: str
 
@@ -202,6 +204,9 @@ class Backend:
     def pid(self) -> int:
         return self.process.popen.pid
 
+
+@dataclass
+class Backend(Listening):
     def counters(self) -> dict[str, int]:
         with grpc.insecure_channel(self.address) as channel:
             call = channel.unary_unary(COUNTERS_PATH, request_serializer=None, response_deserializer=None)
@@ -218,15 +223,8 @@ def start_backend(work: Path, name: str = "backend") -> Backend:
 
 
 @dataclass
-class Floor:
+class Floor(Listening):
     """The featureless grpc.aio proxy in front of the backend (bench/floor.py)."""
-
-    process: Process
-    address: str
-
-    @property
-    def pid(self) -> int:
-        return self.process.popen.pid
 
 
 def start_floor(work: Path, upstream: str) -> Floor:

@@ -5,26 +5,13 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from agentmesh.telemetry import ACCESS_LOGGER, AccessRoute, configure_logging, flush_access_log, log_access
 
-
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    access = logging.getLogger(ACCESS_LOGGER)
-    saved = (list(root.handlers), root.level, access.level, access.disabled)
-    yield
-    for handler in [h for h in root.handlers if h not in saved[0]]:
-        root.removeHandler(handler)
-        handler.close()
-    root.setLevel(saved[1])
-    access.setLevel(saved[2])
-    access.disabled = saved[3]
+pytestmark = pytest.mark.usefixtures("logging_state")
 
 
 def lines(out: io.StringIO) -> list[dict[str, Any]]:

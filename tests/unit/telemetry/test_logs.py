@@ -9,7 +9,6 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,17 +19,7 @@ from agentmesh.telemetry import ACCESS_LOGGER, configure_logging, flush_access_l
 TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    access = logging.getLogger(ACCESS_LOGGER)
-    saved = (list(root.handlers), root.level, access.level, access.disabled)
-    yield
-    for handler in [h for h in root.handlers if h not in saved[0]]:
-        root.removeHandler(handler)
-    root.setLevel(saved[1])
-    access.setLevel(saved[2])
-    access.disabled = saved[3]
+pytestmark = pytest.mark.usefixtures("logging_state")
 
 
 @pytest.fixture

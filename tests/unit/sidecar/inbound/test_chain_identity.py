@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, overload
@@ -107,19 +106,10 @@ class AccessLines(Sequence[dict[str, Any]]):
 
 
 @pytest.fixture
-def access_log() -> Iterator[AccessLines]:
-    root = logging.getLogger()
-    access = logging.getLogger(ACCESS_LOGGER)
-    saved = (list(root.handlers), root.level, access.level, access.disabled)
+def access_log(logging_state: None) -> Iterator[AccessLines]:
     stream = io.StringIO()
     configure_logging("info", component="sidecar", agent="shop", stream=stream)
     yield AccessLines(stream)
-    for handler in [h for h in root.handlers if h not in saved[0]]:
-        root.removeHandler(handler)
-        handler.close()
-    root.setLevel(saved[1])
-    access.setLevel(saved[2])
-    access.disabled = saved[3]
 
 
 async def test_the_certificate_identity_is_the_principal_and_the_source(

@@ -80,7 +80,7 @@ class Forwarder:
     async def unary(
         self, target: Target, path: str, request: bytes, *, metadata: Mapping[str, str], timeout: float | None
     ) -> bytes:
-        with self._directory.lease_pooled(target) as channel:
+        with self._directory.lease(target) as channel:
             call = channel.unary(path)
             with self._attempt(target, path, metadata) as context:
                 response: bytes = await call(request, metadata=self._outgoing(context), timeout=timeout)
@@ -89,7 +89,7 @@ class Forwarder:
     async def stream(
         self, target: Target, path: str, request: bytes, *, metadata: Mapping[str, str], timeout: float | None
     ) -> AsyncGenerator[bytes, None]:
-        with self._directory.lease_pooled(target) as channel:
+        with self._directory.lease(target) as channel:
             call = channel.stream(path)
             with self._attempt(target, path, metadata) as context:
                 responses = call(request, metadata=self._outgoing(context), timeout=timeout)

@@ -276,12 +276,8 @@ class TargetDirectory:
             raise NoRoute(f"cannot tell which identity the sidecar at {address} must prove (one of {allowed})")
         return expected
 
-    def lease(self, target: Target) -> contextlib.AbstractContextManager[grpc.aio.Channel]:
-        """The channel for one call to `target`, held for the call's whole life."""
-        return self.channels.lease(target.address, target.identity)
-
-    def lease_pooled(self, target: Target) -> contextlib.AbstractContextManager[PooledChannel]:
-        """`lease`, yielding the pooled channel with its per-path call objects (the forwarder's path)."""
+    def lease(self, target: Target) -> contextlib.AbstractContextManager[PooledChannel]:
+        """The pooled channel for one call to `target` (with its per-path call objects), held for the call's life."""
         return self.channels.lease_pooled(target.address, target.identity)
 
     async def close(self) -> None:
